@@ -1,0 +1,223 @@
+"""Build the aiohttp application: lifetimes, middlewares, the single dispatch route.
+
+Middleware order (outermost first), each with one generic web concern:
+
+1. ``access_log``  — request id, timing, one JSON line per request (probes excluded).
+2. ``cors``        — preflights answered here (never forwarded, no token); CORS headers on
+                     every response, errors included.
+3. ``errors``      — every exception becomes an OperationOutcome; nothing else renders errors.
+
+There is one route: ``dispatch`` reads the raw request target itself (aiohttp's router would
+see a normalised path), serves the probes, and hands FHIR requests to ``handler.handle_fhir``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from gateway import cors as cors_rules
+from gateway.auth import Authenticator
+from gateway.config import Config
+from gateway.context import EXCHANGE, Exchange, exchange
+from gateway.errors import GatewayError, InvalidTarget, NotFound
+from gateway.fhir.outcome import FHIR_JSON, operation_outcome
+from gateway.fhir.target import parse_target
+from gateway.handler import Gateway, handle_fhir
+from gateway.ops.logging import log
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.headers import TrustedProxies, check_request_headers, request_id
+from gateway.upstream.links import UrlRewriter
+
+logger = logging.getLogger("gateway")
+access_logger = logging.getLogger("gateway.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    started: bool = False
+    draining: bool = False
+
+
+CONFIG = web.AppKey("config", Config)
+GATEWAY = web.AppKey("gateway", Gateway)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+CORS = web.AppKey("cors", cors_rules.CorsPolicy)
+PROBES = frozenset({"/healthz", "/readyz"})
+
+
+def error_response(exc: GatewayError) -> web.Response:
+    resp = web.Response(
+        status=exc.status,
+        body=operation_outcome(exc.code, exc.diagnostics),
+        content_type=FHIR_JSON,
+    )
+    resp.headers.update(exc.headers)
+    return resp
+
+
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ex = request[EXCHANGE] = Exchange(request_id(request.headers, uuid.uuid4().hex))
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    finally:
+        cfg = request.app[CONFIG]
+        if cfg.logging.access_log and request.path not in PROBES:
+            log(
+                access_logger,
+                logging.INFO,
+                "access",
+                request_id=ex.request_id,
+                method=request.method,
+                route=ex.route,
+                status=status,
+                reason=ex.reason,
+                latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                upstream_ms=None if ex.upstream_ms is None else round(ex.upstream_ms, 3),
+            )
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    policy: cors_rules.CorsPolicy = request.app[CORS]
+    origin = request.headers.get("Origin")
+    if cors_rules.is_preflight(request.method, request.headers):
+        return policy.preflight(origin, request.headers, public=policy.is_public(request.path))
+    response = await handler(request)
+    if not response.prepared:
+        policy.decorate(response.headers, origin, public=policy.is_public(request.path))
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        exchange(request).reason = exc.reason
+        return error_response(exc)
+    except web.HTTPException as exc:  # aiohttp's router: only non-origin-form targets get here
+        err = GatewayError(reason="request.http")
+        err.status, err.code = exc.status, "invalid" if exc.status < 500 else "exception"
+        if not request.raw_path.startswith("/"):
+            err = InvalidTarget("Only origin-form request targets are accepted.")
+        exchange(request).reason = err.reason
+        return error_response(err)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: fail closed, log the class
+        log(
+            logger,
+            logging.ERROR,
+            "unhandled-exception",
+            error=type(exc).__name__,
+            route=exchange(request).route,
+            request_id=exchange(request).request_id,
+        )
+        exchange(request).reason = "internal"
+        return error_response(GatewayError())
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    path = request.raw_path.partition("?")[0]
+    if path in PROBES and request.method in ("GET", "HEAD"):
+        return probe(request, path)
+    gw = request.app[GATEWAY]
+    check_request_headers(request.headers)
+    target = parse_target(request.raw_path, gw.config.server.base_path)
+    if target is None:
+        raise NotFound("Not a FHIR endpoint of this server.")
+    return await handle_fhir(request, gw, target)
+
+
+def probe(request: web.Request, path: str) -> web.Response:
+    """``/healthz``: the process serves. ``/readyz``: ready for traffic (503 otherwise)."""
+    if path == "/healthz":
+        return web.json_response({"status": "ok"})
+    gw, life = request.app[GATEWAY], request.app[LIFECYCLE]
+    checks = {
+        "config": True,
+        "upstream_session": gw.upstream.ready,
+        "token_keys": gw.authenticator.ready,
+        "draining": life.draining,
+    }
+    ready = life.started and not life.draining and gw.upstream.ready and gw.authenticator.ready
+    return web.json_response(
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Headers on every response: no software names, no caching of PHI, HSTS under TLS."""
+    response.headers["Server"] = "fhir-gateway"
+    ex = request.get(EXCHANGE)
+    if ex is not None:
+        response.headers["X-Request-ID"] = ex.request_id
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers.setdefault("Cache-Control", "no-store")
+    response.headers.setdefault("Pragma", "no-cache")
+    response.headers.popall("Set-Cookie", None)
+    cfg = request.app[CONFIG]
+    if cfg.server.tls is not None:
+        response.headers["Strict-Transport-Security"] = f"max-age={cfg.server.hsts_max_age_s}"
+
+
+def build_app(cfg: Config) -> web.Application:
+    app = web.Application(
+        middlewares=[access_log_middleware, cors_middleware, error_middleware],
+        client_max_size=cfg.server.max_request_body_bytes,
+        handler_args={"max_field_size": cfg.server.max_header_bytes},
+    )
+    app[CONFIG] = cfg
+    app[LIFECYCLE] = Lifecycle()
+    app[CORS] = cors_rules.CorsPolicy(cfg.cors, cfg.server.base_path)
+    app.cleanup_ctx.append(_lifetime)
+    app.on_response_prepare.append(security_headers)
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Start the upstream pool and the token machinery; close both at shutdown."""
+    cfg, life = app[CONFIG], app[LIFECYCLE]
+    upstream = UpstreamClient(cfg.upstream)
+    await upstream.start()
+    # the authorization server gets its own pool: other host, other trust, other limits
+    auth_session = aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=10)
+    )
+    authenticator = Authenticator(
+        cfg.auth,
+        default_audience=cfg.server.public_base_url,
+        realm=cfg.server.public_base_url,
+        session=auth_session,
+    )
+    app[GATEWAY] = Gateway(
+        config=cfg,
+        upstream=upstream,
+        rewriter=UrlRewriter([cfg.upstream.url], cfg.server.public_base_url),
+        authenticator=authenticator,
+        trusted_proxies=TrustedProxies(cfg.server.trusted_proxies),
+    )
+    await authenticator.start()
+    life.started = True
+    log(logger, logging.INFO, "started", base=cfg.server.base_path or "/")
+    try:
+        yield
+    finally:
+        life.draining = True
+        await authenticator.close()
+        await auth_session.close()
+        await upstream.close()

@@ -1,0 +1,417 @@
+"""Typed configuration: YAML, ``${ENV_VAR}`` substitution, validation with every problem reported.
+
+Validation uses pydantic v2 models with ``extra="forbid"``: an unknown key is an error, and
+all errors are collected in one pass, each with its key path (``server.port: ...``). Checks
+that span several keys (or touch files) run after the models and add to the same list.
+Every key and its default is documented in ``config.example.yaml`` and
+``docs/configuration.md``; ``tests/unit/test_config.py`` pins that the two stay in sync.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import ssl
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gateway.errors import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative file paths are relative to the directory of the config file."""
+    base = (info.context or {}).get("base_dir")
+    return value if value.is_absolute() or base is None else Path(base) / value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def _absolute_http_url(value: str, *, allow_path: bool = True) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an absolute http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query string or fragment")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    if not allow_path and parts.path not in ("", "/"):
+        raise ValueError("must not have a path")
+    return value.rstrip("/")
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _secure_url(value: str) -> str:
+    """An https URL, or plain http on a loopback address (tests, sidecars)."""
+    value = _absolute_http_url(value)
+    if urlsplit(value).scheme != "https" and not is_loopback_url(value):
+        raise ValueError("must use https (plain http is only allowed on loopback addresses)")
+    return value
+
+
+class TlsFiles(_Model):
+    cert_file: ConfigPath
+    key_file: ConfigPath
+
+
+class ServerConfig(_Model):
+    host: str = "0.0.0.0"  # noqa: S104 - a gateway listens on all interfaces by default
+    port: Port = 8080
+    public_base_url: str
+    tls: TlsFiles | None = None
+    max_request_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    max_response_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_header_bytes: int = Field(default=8190, ge=1024, le=65536)
+    shutdown_timeout_s: PositiveFloat = 20.0
+    drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
+    trusted_proxies: list[str] = Field(default_factory=list)
+    hsts_max_age_s: Annotated[int, Field(ge=0)] = 31536000
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base(cls, v: str) -> str:
+        return _absolute_http_url(v)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, v: list[str]) -> list[str]:
+        for item in v:
+            ipaddress.ip_network(item, strict=False)
+        return v
+
+    @property
+    def base_path(self) -> str:
+        """The path of ``public_base_url`` without a trailing slash ('' for the root)."""
+        return urlsplit(self.public_base_url).path.rstrip("/")
+
+
+class StaticHeader(_Model):
+    name: str
+    value: str
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not _HEADER_NAME.fullmatch(v):
+            raise ValueError("is not a valid HTTP header name")
+        return v
+
+
+class BasicCredentials(_Model):
+    username: str
+    password: str
+
+
+class UpstreamAuth(_Model):
+    """Static credentials the gateway presents to a legacy upstream (one of the two)."""
+
+    header: StaticHeader | None = None
+    basic: BasicCredentials | None = None
+
+
+class UpstreamTls(_Model):
+    ca_file: ConfigPath | None = None
+    client_cert_file: ConfigPath | None = None
+    client_key_file: ConfigPath | None = None
+
+
+class UpstreamConfig(_Model):
+    url: str
+    timeout_s: PositiveFloat = 30.0
+    connect_timeout_s: PositiveFloat = 5.0
+    max_connections: int = Field(default=100, gt=0)
+    keepalive_timeout_s: PositiveFloat = 30.0
+    forward_authorization: bool = False
+    auth: UpstreamAuth | None = None
+    tls: UpstreamTls | None = None
+    post_search: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return _absolute_http_url(v)
+
+
+class JwtIssuer(_Model):
+    issuer: str
+    jwks_uri: str | None = None
+    audience: str | list[str] | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, v: str) -> str:
+        _secure_url(v)
+        return v  # exact match on `iss`: keep exactly what the operator wrote
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _check_jwks(cls, v: str | None) -> str | None:
+        return None if v is None else _secure_url(v)
+
+    @field_validator("algorithms")
+    @classmethod
+    def _check_algorithms(cls, v: list[str]) -> list[str]:
+        allowed = {
+            "RS256",
+            "RS384",
+            "RS512",
+            "PS256",
+            "PS384",
+            "PS512",
+            "ES256",
+            "ES384",
+            "ES512",
+            "EdDSA",
+        }
+        if not v:
+            raise ValueError("must list at least one algorithm")
+        bad = [a for a in v if a not in allowed]
+        if bad:
+            raise ValueError(
+                f"only asymmetric algorithms are allowed ({', '.join(sorted(allowed))}); "
+                f"refused: {', '.join(bad)}"
+            )
+        return v
+
+
+class Introspection(_Model):
+    endpoint: str
+    client_id: str
+    client_secret: str
+    timeout_s: PositiveFloat = 5.0
+    cache_max_ttl_s: PositiveFloat = 60.0
+    negative_cache_ttl_s: Annotated[float, Field(ge=0)] = 5.0
+    cache_size: int = Field(default=10000, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, v: str) -> str:
+        return _secure_url(v)
+
+
+class ClaimNames(_Model):
+    scope: str = "scope"
+    patient: str = "patient"
+    fhir_user: str = "fhirUser"
+    encounter: str = "encounter"
+    client_id: str = "client_id"
+
+
+class AuthConfig(_Model):
+    jwt: list[JwtIssuer] = Field(default_factory=list)
+    introspection: Introspection | None = None
+    leeway_s: Annotated[float, Field(ge=0, le=300)] = 30.0
+    claims: ClaimNames = Field(default_factory=ClaimNames)
+    jwks_cache_ttl_s: PositiveFloat = 600.0
+    jwks_min_refetch_interval_s: PositiveFloat = 60.0
+    token_cache_size: int = Field(default=10000, gt=0)
+    token_cache_max_ttl_s: PositiveFloat = 300.0
+
+
+class SmartConfig(_Model):
+    authorization_endpoint: str | None = None
+    token_endpoint: str | None = None
+
+    @field_validator("authorization_endpoint", "token_endpoint")
+    @classmethod
+    def _check_endpoint(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute_http_url(v)
+
+
+class CorsConfig(_Model):
+    allowed_origins: list[str] = Field(default_factory=list)
+    max_age_s: Annotated[int, Field(ge=0, le=86400)] = 600
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin == "*":
+                raise ValueError("'*' is not allowed: list each origin exactly")
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or origin != origin.lower()
+            ):
+                raise ValueError(
+                    f"{origin!r} is not an origin (scheme://host[:port], lower case, no path)"
+                )
+        return v
+
+
+class PhiConfig(_Model):
+    post_search: Literal["phi", "all", "off"] = "phi"
+
+
+class PoliciesConfig(_Model):
+    paths: list[ConfigPath] = Field(default_factory=list)
+
+
+class LoggingConfig(_Model):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = True
+
+
+class Config(_Model):
+    server: ServerConfig
+    upstream: UpstreamConfig
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    smart: SmartConfig = Field(default_factory=SmartConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    phi: PhiConfig = Field(default_factory=PhiConfig)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _substitute_env(node: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:
+    """Replace ``${VAR}`` in every string scalar; a missing variable is a problem at its key."""
+    if isinstance(node, dict):
+        return {
+            k: _substitute_env(v, f"{path}.{k}" if path else str(k), env, problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env:
+                problems.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return env[name]
+
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    problems: list[str] = []
+
+    def readable(p: Path, key: str) -> Path | None:
+        if not p.is_file():
+            problems.append(f"{key}: file {p} does not exist")
+            return None
+        return p
+
+    tls = cfg.server.tls
+    if tls is not None:
+        cert = readable(tls.cert_file, "server.tls.cert_file")
+        key = readable(tls.key_file, "server.tls.key_file")
+        if cert and key:
+            try:
+                ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            except (ssl.SSLError, OSError) as exc:
+                problems.append(
+                    f"server.tls: certificate and key do not load ({type(exc).__name__})"
+                )
+    ut = cfg.upstream.tls
+    if ut is not None:
+        if ut.ca_file is not None:
+            readable(ut.ca_file, "upstream.tls.ca_file")
+        if (ut.client_cert_file is None) != (ut.client_key_file is None):
+            problems.append("upstream.tls: client_cert_file and client_key_file go together")
+        for name in ("client_cert_file", "client_key_file"):
+            value = getattr(ut, name)
+            if value is not None:
+                readable(value, f"upstream.tls.{name}")
+    ua = cfg.upstream.auth
+    if ua is not None and (ua.header is None) == (ua.basic is None):
+        problems.append("upstream.auth: set exactly one of 'header' or 'basic'")
+    if cfg.upstream.forward_authorization and ua is not None:
+        problems.append("upstream: forward_authorization and auth exclude each other")
+    if urlsplit(cfg.upstream.url).scheme != "https" and ut is not None:
+        problems.append("upstream.tls: set, but upstream.url is not https")
+    for i, p in enumerate(cfg.policies.paths):
+        if not p.exists():
+            problems.append(f"policies.paths[{i}]: {p} does not exist")
+    issuers = [j.issuer for j in cfg.auth.jwt]
+    if len(set(issuers)) != len(issuers):
+        problems.append("auth.jwt: the same issuer is listed twice")
+    return problems
+
+
+def parse_config(data: Any, *, base_dir: Path, env: dict[str, str] | None = None) -> Config:
+    """Validate already-parsed YAML data; raise ConfigError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): the configuration must be a YAML mapping"])
+    data = _substitute_env(data, "", dict(os.environ) if env is None else env, problems)
+    try:
+        cfg = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{_format_loc(err['loc'])}: {msg}")
+        raise ConfigError(problems) from None
+    problems.extend(_cross_checks(cfg))
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def load_config(path: str | Path, env: dict[str, str] | None = None) -> Config:
+    """Read, substitute, validate. Relative file paths in the config are relative to it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read ({exc.strerror})"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"{path}: not valid YAML{where}"]) from None
+    return parse_config(data, base_dir=path.parent.resolve(), env=env)

@@ -1,0 +1,24 @@
+"""Per-request facts that the stages record and the access log (later: metrics, audit) reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass(slots=True)
+class Exchange:
+    request_id: str
+    route: str = "-"
+    reason: str | None = None
+    upstream_ms: float | None = None
+    principal: Any = None  # gateway.auth.Principal once authenticated
+
+
+EXCHANGE = web.RequestKey("exchange", Exchange)
+
+
+def exchange(request: web.Request) -> Exchange:
+    return request[EXCHANGE]

@@ -1,0 +1,32 @@
+"""The one JSON codec the gateway uses for FHIR bodies: fast and decimal-exact.
+
+FHIR decimals carry their precision (``1.50`` is not ``1.5``), so JSON numbers with a fraction
+or exponent decode to ``decimal.Decimal`` and encode back as the same JSON number text.
+msgspec does both at C speed (``float_hook`` / ``decimal_format="number"``); the standard
+library's ``json`` would need a slow Python round trip to achieve the same.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+_decoder = msgspec.json.Decoder(float_hook=Decimal)
+_encoder = msgspec.json.Encoder(decimal_format="number")
+
+
+class JsonError(ValueError):
+    """The bytes are not valid JSON (the message never quotes the input)."""
+
+
+def decode(data: bytes | str) -> Any:
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise JsonError("invalid JSON") from None
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)

@@ -1,0 +1,18 @@
+"""FHIR R4 tables generated from the official definitions (see scripts/generate_fhir_tables.py).
+
+Loaded once at import; never edited by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any
+
+_data: dict[str, Any] = json.loads(files("gateway.fhir").joinpath("r4_tables.json").read_text())
+
+RESOURCE_TYPES: frozenset[str] = frozenset(_data["resource_types"])
+#: type -> {compartment search parameter -> [element paths]}
+PATIENT_COMPARTMENT: dict[str, dict[str, list[str]]] = _data["patient_compartment"]
+#: type -> {search parameter code -> search parameter type}
+SEARCH_PARAMS: dict[str, dict[str, str]] = _data["search_params"]

@@ -1,0 +1,114 @@
+"""Respond: turn an upstream answer into the client's answer.
+
+- JSON bodies are read (capped), decoded once with the decimal-exact codec, checked to be a FHIR
+  resource, have upstream URLs rewritten, and are re-encoded only if something changed;
+  otherwise the upstream's bytes go out untouched.
+- Binary content streams with flat memory; a failure mid-stream aborts the connection so the
+  client sees a broken transfer, never a silently truncated "success".
+- Upstream redirects (except 304) and 5xx answers become 502: the gateway follows no redirect
+  and relays no upstream error page (which could name hosts, software or stack traces).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from gateway.context import exchange
+from gateway.errors import UpstreamError
+from gateway.fhir import json
+from gateway.fhir.outcome import FHIR_JSON
+from gateway.ingress import JSON_TYPES, media_type
+from gateway.ops.logging import log
+from gateway.upstream.client import UpstreamCall, UpstreamClient
+from gateway.upstream.headers import client_response_headers
+from gateway.upstream.links import UrlRewriter
+
+logger = logging.getLogger("gateway.respond")
+
+NO_BODY_STATUS = frozenset({204, 304})
+
+
+def check_status(call: UpstreamCall) -> None:
+    status = call.response.status
+    if 300 <= status < 400 and status != 304:
+        raise UpstreamError(
+            "The upstream server answered with a redirect.", reason="upstream.redirect"
+        )
+    if status >= 500:
+        raise UpstreamError(reason=f"upstream.status-{status // 100}xx")
+
+
+def response_headers(call: UpstreamCall, rewriter: UrlRewriter) -> CIMultiDict[str]:
+    headers = client_response_headers(call.response.headers)
+    for name in ("Location", "Content-Location"):
+        value = headers.get(name)
+        if value is not None:
+            new = rewriter.rewrite_header(value)
+            if new is None:
+                del headers[name]
+            else:
+                headers[name] = new
+    return headers
+
+
+def is_json_response(call: UpstreamCall) -> bool:
+    return media_type(call.response.headers.get("Content-Type")) in JSON_TYPES
+
+
+def decode_resource(body: bytes) -> dict[str, Any]:
+    """A FHIR JSON resource, or 502: the gateway never passes on what it cannot parse."""
+    try:
+        doc = json.decode(body)
+    except json.JsonError:
+        raise UpstreamError(reason="upstream.invalid-json") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+        raise UpstreamError(reason="upstream.not-fhir")
+    return doc
+
+
+async def json_response(
+    call: UpstreamCall, upstream: UpstreamClient, rewriter: UrlRewriter, limit: int
+) -> web.Response:
+    headers = response_headers(call, rewriter)
+    body = await upstream.read_body(call, limit)
+    status = call.response.status
+    if not body:
+        return web.Response(status=status, headers=headers)
+    doc = decode_resource(body)  # fail closed on anything unparseable
+    if rewriter.mentions_upstream(body) and rewriter.rewrite_json(doc):
+        body = json.encode(doc)
+    headers["Content-Type"] = call.response.headers.get("Content-Type", FHIR_JSON)
+    return web.Response(status=status, body=body, headers=headers)
+
+
+async def empty_response(call: UpstreamCall, rewriter: UrlRewriter) -> web.Response:
+    await call.response.read()  # drain (bounded: no-body statuses or zero length)
+    return web.Response(status=call.response.status, headers=response_headers(call, rewriter))
+
+
+async def stream_response(
+    request: web.Request, call: UpstreamCall, rewriter: UrlRewriter
+) -> web.StreamResponse:
+    """Stream an unfiltered body (Binary content) through with flat memory."""
+    headers = response_headers(call, rewriter)
+    resp = web.StreamResponse(status=call.response.status, headers=headers)
+    if call.response.content_length is not None:
+        resp.content_length = call.response.content_length
+    await resp.prepare(request)
+    try:
+        async for chunk in call.response.content.iter_chunked(64 * 1024):
+            await resp.write(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        # Headers are gone already: the only honest signal left is a broken connection.
+        log(logger, logging.WARNING, "upstream.stream-aborted", error=type(exc).__name__)
+        exchange(request).reason = "upstream.stream-aborted"
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp
