@@ -41,6 +41,8 @@ from typing import Any, TypedDict
 import msgspec
 import yaml
 
+from gateway.demo_issuer import DemoIssuer
+
 __all__ = [
     "DEFAULT_SEED",
     "DEMO_IDENTIFIER_SYSTEM",
@@ -48,9 +50,7 @@ __all__ = [
     "DatasetSummary",
     "DemoError",
     "PatientSummary",
-    "demo_auth_section",
     "demo_identifier",
-    "demo_tokens",
     "find_ids_by_identifier",
     "free_port",
     "generate_dataset",
@@ -588,26 +588,9 @@ def _describe(process: subprocess.Popen[bytes]) -> str:
 # --------------------------------------------------------------------------- the gateway
 
 
-def demo_auth_section(workdir: Path) -> dict[str, Any]:
-    """The ``auth:`` section of the demo gateway's config.
-
-    PLACEHOLDER — the token issue fills this in (a local issuer with its JWKS under ``workdir``).
-    Until then no issuer is trusted, so every FHIR request through the demo gateway gets 401.
-    """
-    del workdir
-    return {"jwt": []}
-
-
-def demo_tokens(workdir: Path, summary: DatasetSummary) -> dict[str, str]:
-    """Ready-made access tokens for the banner, by label (``"patient 1"``: token).
-
-    PLACEHOLDER — filled in together with :func:`demo_auth_section`.
-    """
-    del workdir, summary
-    return {}
-
-
-def write_gateway_config(workdir: Path, *, port: int, upstream_url: str) -> Path:
+def write_gateway_config(
+    workdir: Path, *, port: int, upstream_url: str, auth: dict[str, Any]
+) -> Path:
     """Write and validate ``workdir/gateway.yaml`` for a loopback gateway on ``port``."""
     from gateway.config import parse_config
     from gateway.errors import ConfigError
@@ -621,7 +604,7 @@ def write_gateway_config(workdir: Path, *, port: int, upstream_url: str) -> Path
             "shutdown_timeout_s": 2,
         },
         "upstream": {"url": upstream_url},
-        "auth": demo_auth_section(workdir),
+        "auth": auth,
         "logging": {"level": "INFO", "access_log": True},
     }
     try:
@@ -695,14 +678,11 @@ def _banner(
             f" + {len(p['preliminary_observation_ids'])} Observations"
         )
     lines.append("")
-    if tokens:
-        lines.append(" Tokens (export one as TOKEN):")
-        lines.extend(f"   {label}: {token}" for label, token in tokens.items())
-    else:
-        lines.append(
-            " Tokens: none yet — the demo trusts no issuer (see gateway.demo.demo_auth_section),"
-        )
-        lines.append(" so FHIR requests are answered 401. Metadata needs no token.")
+    lines.append(
+        " Tokens, signed by a key made for this run only (valid 8 h; export one as TOKEN):"
+    )
+    for label, token in tokens.items():
+        lines += [f"   {label}:", f"     TOKEN={token}"]
     lines += [
         "",
         " Try:",
@@ -776,8 +756,27 @@ def _run(
     workdir.mkdir(parents=True, exist_ok=True)
 
     t0 = time.monotonic()
+    issuer = DemoIssuer(audience=f"http://{_HOST}:{port}/fhir").start()
+    try:
+        return _run_with_issuer(workdir, port, upstream_port, patients, seed, started, issuer, t0)
+    finally:
+        issuer.stop()
+
+
+def _run_with_issuer(
+    workdir: Path,
+    port: int,
+    upstream_port: int,
+    patients: int,
+    seed: int,
+    started: list[subprocess.Popen[bytes]],
+    issuer: DemoIssuer,
+    t0: float,
+) -> int:
     upstream_url = upstream_base_url(upstream_port)
-    config = write_gateway_config(workdir, port=port, upstream_url=upstream_url)  # fail early
+    config = write_gateway_config(
+        workdir, port=port, upstream_url=upstream_url, auth=issuer.auth_section()
+    )  # fail early
     _say(f"starting sekmet-fhir on {upstream_url} (log: {workdir / 'sekmet.log'}) ...")
     upstream = start_upstream(workdir, upstream_port)  # boots while the data is generated
     started.append(upstream)
@@ -802,7 +801,7 @@ def _run(
             upstream_port=upstream_port,
             workdir=workdir,
             summary=summary,
-            tokens=demo_tokens(workdir, summary),
+            tokens=issuer.demo_tokens(summary["patients"][0]["patient_id"]),
             seed=seed,
         )
     )

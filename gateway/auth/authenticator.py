@@ -175,6 +175,7 @@ class Authenticator:
         try:
             return await self._authenticate(token, token_fp)
         except TokenRejected as exc:
+            log.debug("bearer token refused: %s (%s)", exc.reason, exc.detail)
             raise invalid_token(self._realm, exc.reason, exc.description) from None
         except KeysUnavailable:
             raise ServiceUnavailable(
@@ -207,7 +208,7 @@ class Authenticator:
                 self._verified[token_fp] = principal
                 return principal
         if self._introspector is None:
-            raise TokenRejected()
+            raise TokenRejected(detail="unknown-issuer" if jws is not None else "not-a-jwt")
         answer = await self._introspector.introspect(token, token_fp)
         # Validated by the authorization server (possibly a JWT of an issuer we do not verify).
         return self._principal(answer, token_fp, "opaque")

@@ -43,13 +43,21 @@ class TokenRejected(Exception):
     """Internal: the token was presented but is not acceptable (becomes 401 ``invalid_token``).
 
     ``reason`` is a stable reason code (``token.invalid``, ``token.expired``,
-    ``token.revoked``) and ``description`` one of the fixed texts above. Neither ever contains
-    token content.
+    ``token.revoked``), ``description`` one of the fixed texts above, and ``detail`` a fixed
+    code naming the failed check (``aud``, ``signature``, ``claim:patient`` ...) for debug
+    logs only — never sent to the client. None of them ever contains token content.
     """
 
-    def __init__(self, reason: str = "token.invalid", description: str = DESCRIPTION_INVALID):
+    def __init__(
+        self,
+        reason: str = "token.invalid",
+        description: str = DESCRIPTION_INVALID,
+        *,
+        detail: str = "invalid",
+    ) -> None:
         self.reason = reason
         self.description = description
+        self.detail = detail
         super().__init__(reason)
 
 

@@ -30,7 +30,12 @@ from urllib.parse import quote_plus
 import aiohttp
 from cachetools import TLRUCache
 
-from gateway.auth.bearer import DESCRIPTION_EXPIRED, DESCRIPTION_INACTIVE, TokenRejected
+from gateway.auth.bearer import (
+    DESCRIPTION_EXPIRED,
+    DESCRIPTION_INACTIVE,
+    DESCRIPTION_INVALID,
+    TokenRejected,
+)
 from gateway.auth.jwks import parse_json, read_limited
 from gateway.auth.principal import SCOPE_ARRAY_CLAIM, is_number
 from gateway.config import Introspection
@@ -50,7 +55,7 @@ class _Answer:
     """A cached outcome: the active answer's members, or the refusal to repeat."""
 
     claims: Mapping[str, Any] | None
-    rejection: tuple[str, str] | None  # (reason, description) when refused
+    rejection: tuple[str, str, str] | None  # (reason, description, detail) when refused
     expires: float
 
 
@@ -111,11 +116,12 @@ class Introspector:
         if answer is None:
             raise IntrospectionUnavailable()
         if answer.rejection is not None:
-            raise TokenRejected(*answer.rejection)
+            reason, description, detail = answer.rejection
+            raise TokenRejected(reason, description, detail=detail)
         assert answer.claims is not None  # one of the two is always set
         exp = answer.claims["exp"]
         if self._clock() >= exp + self._leeway:
-            raise TokenRejected("token.expired", DESCRIPTION_EXPIRED)
+            raise TokenRejected("token.expired", DESCRIPTION_EXPIRED, detail="exp")
         return answer.claims
 
     async def close(self) -> None:
@@ -141,59 +147,68 @@ class Introspector:
         return answer
 
     async def _post(self, token: str) -> Any:
-        async with (
-            asyncio.timeout(self._cfg.timeout_s),
-            self._session.post(
-                self._cfg.endpoint,
-                data={"token": token, "token_type_hint": "access_token"},
-                headers={"Accept": "application/json", "Authorization": self._authorization},
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_s),
-            ) as resp,
-        ):
-            if resp.status != 200:
-                raise IntrospectionUnavailable(f"HTTP status {resp.status}")
-            body = await read_limited(resp, MAX_RESPONSE_BYTES)
+        """POST the token; one retry when a pooled keep-alive connection turns out closed.
+
+        Introspection changes nothing at the server, so repeating it is safe (aiohttp itself
+        only retries idempotent methods). Both attempts share the one ``timeout_s`` budget.
+        """
+        async with asyncio.timeout(self._cfg.timeout_s):
+            try:
+                body = await self._post_once(token)
+            except aiohttp.ServerDisconnectedError:
+                body = await self._post_once(token)
         document = parse_json(body)
         if not isinstance(document, dict):
             raise IntrospectionUnavailable("not a JSON object")
         return document
+
+    async def _post_once(self, token: str) -> bytes:
+        async with self._session.post(
+            self._cfg.endpoint,
+            data={"token": token, "token_type_hint": "access_token"},
+            headers={"Accept": "application/json", "Authorization": self._authorization},
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_s),
+        ) as resp:
+            if resp.status != 200:
+                raise IntrospectionUnavailable(f"HTTP status {resp.status}")
+            return await read_limited(resp, MAX_RESPONSE_BYTES)
 
     def _judge(self, doc: Mapping[str, Any]) -> _Answer:
         """Apply RFC 7662 §2.2 and our rules to one answer; compute its cache lifetime."""
         now = self._clock()
         negative_until = now + self._cfg.negative_cache_ttl_s
 
-        def refuse(reason: str = "token.invalid", description: str | None = None) -> _Answer:
+        def refuse(
+            detail: str, reason: str = "token.invalid", description: str = DESCRIPTION_INVALID
+        ) -> _Answer:
             return _Answer(
-                claims=None,
-                rejection=(reason, description or "The access token is invalid."),
-                expires=negative_until,
+                claims=None, rejection=(reason, description, detail), expires=negative_until
             )
 
         if doc.get("active") is not True:
-            return refuse("token.revoked", DESCRIPTION_INACTIVE)
+            return refuse("inactive", "token.revoked", DESCRIPTION_INACTIVE)
         exp = doc.get("exp")
         if not is_number(exp):
-            return refuse()
+            return refuse("exp")
         if now >= exp + self._leeway:
-            return refuse("token.expired", DESCRIPTION_EXPIRED)
+            return refuse("exp", "token.expired", DESCRIPTION_EXPIRED)
         nbf = doc.get("nbf")
         if nbf is not None and (not is_number(nbf) or nbf > now + self._leeway):
-            return refuse()
+            return refuse("nbf")
         if self._scope_claim not in doc and SCOPE_ARRAY_CLAIM not in doc:
-            return refuse()
+            return refuse("no-scope")
         if "cnf" in doc:
-            return refuse()
+            return refuse("sender-constrained")
         token_type = doc.get("token_type")
         if token_type is not None and (
             not isinstance(token_type, str) or token_type.lower() not in _BEARER_TOKEN_TYPES
         ):
-            return refuse()
+            return refuse("token-type")
         if "aud" in doc:
             aud = doc["aud"]
             values = aud if isinstance(aud, list) else [aud]
             if not any(isinstance(a, str) and a in self._audiences for a in values):
-                return refuse()
+                return refuse("aud")
         expires = min(float(exp), now + self._cfg.cache_max_ttl_s)
         return _Answer(claims=dict(doc), rejection=None, expires=expires)

@@ -16,7 +16,8 @@ Behaviour, per issuer:
   (key rotation works without a restart, a flood of random kids costs one fetch);
 * while the issuer is unreachable the last good key set keeps being served (a failed refresh is
   retried at most once per ``jwks_min_refetch_interval_s``);
-* malformed keys, keys whose ``use`` is not ``sig`` or whose ``key_ops`` lack ``verify``,
+* malformed keys, keys whose ``use`` is not ``sig`` or whose ``key_ops`` name no signature
+  operation (``verify``, or ``sign`` as oidc-provider publishes it),
   symmetric (``oct``) keys, keys carrying private members, RSA keys under 2048 bits and curves
   we do not support are skipped one by one instead of failing the whole set;
 * without a configured ``jwks_uri`` the issuer's ``/.well-known/openid-configuration`` is read
@@ -60,6 +61,9 @@ _ALGS_BY_KTY: Mapping[str, frozenset[str]] = {
     "OKP": frozenset({"EdDSA"}),
 }
 _CURVE_BY_ALG: Mapping[str, str] = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+# RFC 7517 §4.3. "sign" is accepted too: publishers such as oidc-provider derive the public
+# JWK from the private one and keep its key_ops ["sign"].
+_SIGNATURE_OPS = frozenset({"verify", "sign"})
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
 _NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|$)", re.IGNORECASE)
@@ -121,7 +125,7 @@ def _parse_key(jwk: Any) -> VerificationKey | None:
         return None
     if use is not None and use != "sig":
         return None
-    if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+    if ops is not None and (not isinstance(ops, list) or not _SIGNATURE_OPS & set(map(str, ops))):
         return None
     if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
         return None

@@ -46,12 +46,12 @@ _MAX_CANDIDATE_KEYS = 4
 
 def _b64url_json(segment: str) -> Any:
     if not segment or "=" in segment:
-        raise TokenRejected()
+        raise TokenRejected(detail="malformed-jws")
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         return parse_json(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
-        raise TokenRejected() from None
+        raise TokenRejected(detail="malformed-jws") from None
 
 
 def split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -66,7 +66,7 @@ def split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     if len(parts) != 3:
         return None
     if "=" in parts[2]:
-        raise TokenRejected()  # RFC 7515 §2: base64url without padding
+        raise TokenRejected(detail="malformed-jws")  # RFC 7515 §2: base64url without padding
     try:
         header = _b64url_json(parts[0])
     except TokenRejected:
@@ -75,7 +75,7 @@ def split_jws(token: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         return None
     payload = _b64url_json(parts[1])
     if not isinstance(payload, dict):
-        raise TokenRejected()
+        raise TokenRejected(detail="payload-not-object")
     return header, payload
 
 
@@ -122,7 +122,7 @@ class JwtVerifier:
         kid = header.get("kid")
         candidates = [k for k in await self._keys.keys_for(kid) if k.accepts(alg)]
         if not candidates:
-            raise TokenRejected()
+            raise TokenRejected(detail="no-fitting-key")
         payload: bytes | None = None
         for key in candidates[:_MAX_CANDIDATE_KEYS]:
             try:
@@ -130,19 +130,19 @@ class JwtVerifier:
             except pyjwt.InvalidSignatureError:
                 continue
             except pyjwt.PyJWTError:
-                raise TokenRejected() from None
+                raise TokenRejected(detail="malformed-jws") from None
             if decoded["header"] != header:
-                raise TokenRejected()
+                raise TokenRejected(detail="malformed-jws")
             payload = decoded["payload"]
             break
         if payload is None:
-            raise TokenRejected()
+            raise TokenRejected(detail="signature")
         try:
             claims = parse_json(payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
-            raise TokenRejected() from None
+            raise TokenRejected(detail="payload-not-object") from None
         if not isinstance(claims, dict):
-            raise TokenRejected()
+            raise TokenRejected(detail="payload-not-object")
         self._check_claims(claims)
         return claims
 
@@ -150,38 +150,40 @@ class JwtVerifier:
         """RFC 7515 §4.1 header checks before any key is looked up."""
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
-            raise TokenRejected()
+            raise TokenRejected(detail="alg")
         if "crit" in header or "b64" in header or "zip" in header or "enc" in header:
-            raise TokenRejected()
+            raise TokenRejected(detail="unsupported-header")
         typ = header.get("typ")
         if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
-            raise TokenRejected()
+            raise TokenRejected(detail="typ")
         kid = header.get("kid")
         if kid is not None and (not isinstance(kid, str) or not 0 < len(kid) <= MAX_KID_LENGTH):
-            raise TokenRejected()
+            raise TokenRejected(detail="kid")
         return alg
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         """RFC 7519 §4.1 registered claims and the RFC 9068 §4 access-token rules."""
         if claims.get("iss") != self.issuer:
-            raise TokenRejected()
+            raise TokenRejected(detail="iss")
         aud = claims.get("aud")
         token_audiences = aud if isinstance(aud, list) else [aud]
         if not any(isinstance(a, str) and a in self._audiences for a in token_audiences):
-            raise TokenRejected()
+            raise TokenRejected(detail="aud")
         now = self._clock()
         exp = claims.get("exp")
         if not is_number(exp):
-            raise TokenRejected()
+            raise TokenRejected(detail="exp")
         if now >= exp + self._leeway:
-            raise TokenRejected("token.expired", DESCRIPTION_EXPIRED)
+            raise TokenRejected("token.expired", DESCRIPTION_EXPIRED, detail="exp")
         for name in ("nbf", "iat"):
             value = claims.get(name)
             if value is None:
                 continue
             if not is_number(value) or value > now + self._leeway:
-                raise TokenRejected()
-        if any(name in claims for name in (*_ID_TOKEN_CLAIMS, "cnf")):
-            raise TokenRejected()
+                raise TokenRejected(detail=name)
+        if any(name in claims for name in _ID_TOKEN_CLAIMS):
+            raise TokenRejected(detail="id-token")
+        if "cnf" in claims:
+            raise TokenRejected(detail="sender-constrained")
         if self._scope_claim not in claims and SCOPE_ARRAY_CLAIM not in claims:
-            raise TokenRejected()
+            raise TokenRejected(detail="no-scope")

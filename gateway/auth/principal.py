@@ -87,7 +87,7 @@ def _optional_str(claims: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise TokenRejected()
+        raise TokenRejected(detail=f"claim:{name}")
     return value
 
 
@@ -96,7 +96,7 @@ def _fhir_id(claims: Mapping[str, Any], name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or FHIR_ID.fullmatch(value) is None:
-        raise TokenRejected()
+        raise TokenRejected(detail=f"claim:{name}")
     return value
 
 
@@ -154,15 +154,15 @@ def parse_scopes(claims: Mapping[str, Any], names: ClaimNames) -> tuple[str, ...
     out: dict[str, None] = {}
     for item in items:
         if not isinstance(item, str):
-            raise TokenRejected()
+            raise TokenRejected(detail="claim:scope")
         for scope in item.split(" "):
             if not scope:
                 continue
             if _SCOPE_TOKEN.fullmatch(scope) is None:
-                raise TokenRejected()
+                raise TokenRejected(detail="claim:scope")
             out[scope] = None
     if len(out) > _MAX_SCOPES:
-        raise TokenRejected()
+        raise TokenRejected(detail="claim:scope")
     return tuple(out)
 
 
@@ -181,16 +181,16 @@ def build_principal(
     """
     exp = claims.get("exp")
     if not is_number(exp):
-        raise TokenRejected()
+        raise TokenRejected(detail="exp")
     scopes = parse_scopes(claims, names)
     if scopes is None:
-        raise TokenRejected()
+        raise TokenRejected(detail="no-scope")
     client_id = _optional_str(claims, names.client_id)
     if client_id is None:
         client_id = _optional_str(claims, "azp")
     fhir_user = _optional_str(claims, names.fhir_user)
     if fhir_user is not None and parse_fhir_user(fhir_user) is None:
-        raise TokenRejected()
+        raise TokenRejected(detail=f"claim:{names.fhir_user}")
     return Principal(
         subject=_optional_str(claims, "sub"),
         client_id=client_id,

@@ -104,7 +104,6 @@ def classify(method: str, target: Target) -> FhirRequest:
     def req(interaction: Interaction, route: str, **kw: str | None) -> FhirRequest:
         return FhirRequest(method, interaction, route, target, **kw)
 
-
     if n == 0:
         if method == "POST":
             return req(Interaction.BATCH, "{base}")

@@ -71,7 +71,7 @@ class OidcProvider:
         self.url = f"http://127.0.0.1:{self.port}"
         self.jwks, self.kid = signing_jwks()
         self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by the owner after stop()
 
     def start(self) -> None:
         env = {
@@ -97,7 +97,7 @@ class OidcProvider:
             if self.proc.poll() is not None:
                 pytest.fail(f"oidc-provider exited early:\n{self.output()}")
             try:
-                with urllib.request.urlopen(  # noqa: S310 - a loopback http URL we built
+                with urllib.request.urlopen(
                     f"{self.url}/.well-known/openid-configuration", timeout=1
                 ) as resp:
                     if json.load(resp)["issuer"] == self.url:
@@ -128,19 +128,20 @@ class OidcProvider:
 
     # ------------------------------------------------------------------ client side
 
-    async def _post(
-        self, session: aiohttp.ClientSession, path: str, form: dict[str, str], who: tuple[str, str]
-    ) -> tuple[int, Any]:
+    async def _post(self, path: str, form: dict[str, str], who: tuple[str, str]) -> tuple[int, Any]:
+        """A client request on its own connection (never one of the Authenticator's)."""
         basic = base64.b64encode(f"{who[0]}:{who[1]}".encode()).decode()
-        async with session.post(
-            f"{self.url}{path}", data=form, headers={"Authorization": f"Basic {basic}"}
-        ) as resp:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.post(
+                f"{self.url}{path}", data=form, headers={"Authorization": f"Basic {basic}"}
+            ) as resp,
+        ):
             text = await resp.text()
             return resp.status, (json.loads(text) if text else None)
 
     async def token(
         self,
-        session: aiohttp.ClientSession,
         *,
         scope: str = "system/*.rs",
         resource: str | None = None,
@@ -148,17 +149,17 @@ class OidcProvider:
         form = {"grant_type": "client_credentials", "scope": scope}
         if resource is not None:
             form["resource"] = resource
-        status, body = await self._post(session, "/token", form, BACKEND)
+        status, body = await self._post("/token", form, BACKEND)
         assert status == 200, body
         assert isinstance(body, dict)
         return body
 
-    async def revoke(self, session: aiohttp.ClientSession, token: str) -> None:
-        status, _ = await self._post(session, "/token/revocation", {"token": token}, BACKEND)
+    async def revoke(self, token: str) -> None:
+        status, _ = await self._post("/token/revocation", {"token": token}, BACKEND)
         assert status == 200
 
-    async def introspect(self, session: aiohttp.ClientSession, token: str) -> tuple[int, Any]:
-        return await self._post(session, "/token/introspection", {"token": token}, GATEWAY)
+    async def introspect(self, token: str) -> tuple[int, Any]:
+        return await self._post("/token/introspection", {"token": token}, GATEWAY)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,7 @@ def jose_header(token: str) -> dict[str, Any]:
 async def test_client_credentials_jwt_is_accepted(
     oidc: OidcProvider, authenticator: Authenticator, session: aiohttp.ClientSession
 ) -> None:
-    answer = await oidc.token(session)
+    answer = await oidc.token()
     token = answer["access_token"]
     assert jose_header(token) == {"alg": "RS256", "typ": "at+jwt", "kid": oidc.kid}
     principal = await authenticator.authenticate(f"Bearer {token}", token_elsewhere=False)
@@ -224,7 +225,7 @@ async def test_client_credentials_jwt_is_accepted(
 async def test_unknown_scopes_are_dropped_by_the_server(
     oidc: OidcProvider, authenticator: Authenticator, session: aiohttp.ClientSession
 ) -> None:
-    answer = await oidc.token(session, scope="system/Observation.rs unknown/Thing.x")
+    answer = await oidc.token(scope="system/Observation.rs unknown/Thing.x")
     assert answer["scope"] == "system/Observation.rs"
     principal = await authenticator.authenticate(
         f"Bearer {answer['access_token']}", token_elsewhere=False
@@ -235,8 +236,8 @@ async def test_unknown_scopes_are_dropped_by_the_server(
 async def test_the_server_refuses_to_introspect_its_jwts(
     oidc: OidcProvider, session: aiohttp.ClientSession
 ) -> None:
-    token = (await oidc.token(session))["access_token"]
-    status, body = await oidc.introspect(session, token)
+    token = (await oidc.token())["access_token"]
+    status, body = await oidc.introspect(token)
     assert status == 400
     assert body["error"] == "unsupported_token_type"
 
@@ -244,7 +245,7 @@ async def test_the_server_refuses_to_introspect_its_jwts(
 async def test_opaque_token_is_introspected(
     oidc: OidcProvider, authenticator: Authenticator, session: aiohttp.ClientSession
 ) -> None:
-    token = (await oidc.token(session, resource=OPAQUE_RESOURCE))["access_token"]
+    token = (await oidc.token(resource=OPAQUE_RESOURCE))["access_token"]
     assert token.count(".") == 0
     principal = await authenticator.authenticate(f"Bearer {token}", token_elsewhere=False)
     assert principal.token_kind == "opaque"
@@ -260,11 +261,11 @@ async def test_revoked_token_is_refused(oidc: OidcProvider, session: aiohttp.Cli
         auth_config(oidc), default_audience=AUDIENCE, realm=REALM, session=session, clock=clock
     )
     try:
-        seen = (await oidc.token(session, resource=OPAQUE_RESOURCE))["access_token"]
-        unseen = (await oidc.token(session, resource=OPAQUE_RESOURCE))["access_token"]
+        seen = (await oidc.token(resource=OPAQUE_RESOURCE))["access_token"]
+        unseen = (await oidc.token(resource=OPAQUE_RESOURCE))["access_token"]
         await auth.authenticate(f"Bearer {seen}", token_elsewhere=False)
-        await oidc.revoke(session, seen)
-        await oidc.revoke(session, unseen)
+        await oidc.revoke(seen)
+        await oidc.revoke(unseen)
         with pytest.raises(Unauthorized) as info:
             await auth.authenticate(f"Bearer {unseen}", token_elsewhere=False)
         assert info.value.reason == "token.revoked"
@@ -282,7 +283,7 @@ async def test_restart_with_a_new_signing_key(session: aiohttp.ClientSession) ->
     provider.start()
     clock = FakeClock()
     auth = Authenticator(
-        auth_config(provider, introspection=None),
+        auth_config(provider),
         default_audience=AUDIENCE,
         realm=REALM,
         session=session,
@@ -291,17 +292,24 @@ async def test_restart_with_a_new_signing_key(session: aiohttp.ClientSession) ->
     try:
         await auth.start()
         old_kid = provider.kid
-        before = (await provider.token(session))["access_token"]
-        never_seen = (await provider.token(session))["access_token"]
+        before = (await provider.token())["access_token"]
+        never_seen = (await provider.token())["access_token"]
         await auth.authenticate(f"Bearer {before}", token_elsewhere=False)
+        opaque = (await provider.token(resource=OPAQUE_RESOURCE))["access_token"]
+        await auth.authenticate(f"Bearer {opaque}", token_elsewhere=False)
 
         provider.restart(new_key=True)
         assert provider.kid != old_kid
-        after = (await provider.token(session))["access_token"]
+        after = (await provider.token())["access_token"]
         assert jose_header(after)["kid"] == provider.kid
         clock.advance(60)  # jwks_min_refetch_interval_s since the last fetch
         principal = await auth.authenticate(f"Bearer {after}", token_elsewhere=False)
         assert principal.client_id == BACKEND[0]
+        # Introspection reaches the new process although a pooled connection went stale.
+        opaque = (await provider.token(resource=OPAQUE_RESOURCE))["access_token"]
+        assert (await auth.authenticate(f"Bearer {opaque}", token_elsewhere=False)).token_kind == (
+            "opaque"
+        )
         # A token signed with the retired key (and never verified before) is refused now.
         with pytest.raises(Unauthorized) as info:
             await auth.authenticate(f"Bearer {never_seen}", token_elsewhere=False)

@@ -79,12 +79,16 @@ class FakeUpstream:
     def reply(self, responder: Responder) -> None:
         self.responder = responder
 
-    def reply_json(self, doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
+    def reply_json(
+        self, doc: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> None:
         body = json.dumps(doc).encode() if not isinstance(doc, bytes) else doc
 
         async def answer(_: web.Request, __: Recorded) -> web.StreamResponse:
             return web.Response(
-                status=status, body=body, content_type="application/fhir+json",
+                status=status,
+                body=body,
+                content_type="application/fhir+json",
                 headers=headers or {},
             )
 

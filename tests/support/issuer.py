@@ -10,7 +10,8 @@ counts the requests per path (``issuer.requests["/jwks"]``), and mints RS256 (or
 ``at+jwt`` access tokens (RFC 9068) with sensible SMART defaults. Knobs make it misbehave on
 purpose: ``available=False`` (503 everywhere), ``jwks_delay_s``, ``jwks_redirect_to``,
 ``jwks_cache_control``, ``jwks_extra_keys`` (raw, possibly malformed JWKs),
-``introspection_status`` / ``introspection_body`` / ``introspection_delay_s``.
+``introspection_status`` / ``introspection_body`` / ``introspection_delay_s`` /
+``introspection_disconnects``.
 
 Use::
 
@@ -107,10 +108,7 @@ def _rsa_private() -> rsa.RSAPrivateKey:
 def new_key(kind: KeyKind = "rsa") -> SigningKey:
     """A signing key with a unique kid (RSA material from a pool: see ``RSA_POOL_SIZE``)."""
     private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
-    if kind == "rsa":
-        private = _rsa_private()
-    else:
-        private = ec.generate_private_key(ec.SECP256R1())
+    private = _rsa_private() if kind == "rsa" else ec.generate_private_key(ec.SECP256R1())
     return SigningKey(kid=f"{kind}-{uuid.uuid4().hex[:12]}", kind=kind, private=private)
 
 
@@ -164,6 +162,7 @@ class TestIssuer:
         self.introspection_status = 200
         self.introspection_body: bytes | None = None
         self.introspection_delay_s = 0.0
+        self.introspection_disconnects = 0  # drop the connection of the next N requests
         self.opaque_tokens: dict[str, dict[str, Any]] = {}
         self.introspection_forms: list[dict[str, str]] = []
         self.port = 0
@@ -328,7 +327,12 @@ class TestIssuer:
             return web.Response(body=self.jwks_body, headers=headers)
         return web.json_response(self.jwks_document(), headers=headers)
 
-    async def _introspect(self, request: web.Request) -> web.Response:
+    async def _introspect(self, request: web.Request) -> web.StreamResponse:
+        if self.introspection_disconnects > 0:
+            self.introspection_disconnects -= 1
+            assert request.transport is not None
+            request.transport.close()
+            return web.Response(status=500)
         if self.introspection_delay_s:
             await asyncio.sleep(self.introspection_delay_s)
         expected = "Basic " + base64.b64encode(

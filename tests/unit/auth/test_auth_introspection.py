@@ -167,6 +167,18 @@ async def test_endpoint_timeout_is_503(auth: Authenticator, issuer: TestIssuer) 
     await unavailable(auth, issuer.issue_opaque())
 
 
+async def test_one_dropped_connection_is_retried(auth: Authenticator, issuer: TestIssuer) -> None:
+    issuer.introspection_disconnects = 1
+    await ok(auth, issuer.issue_opaque())
+    assert asked(issuer) == 2
+
+
+async def test_two_dropped_connections_are_503(auth: Authenticator, issuer: TestIssuer) -> None:
+    issuer.introspection_disconnects = 2
+    await unavailable(auth, issuer.issue_opaque())
+    assert asked(issuer) == 2
+
+
 async def test_endpoint_down_is_503(auth: Authenticator, issuer: TestIssuer) -> None:
     token = issuer.issue_opaque()
     await issuer.stop()

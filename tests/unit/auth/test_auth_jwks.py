@@ -324,6 +324,7 @@ BAD_KEYS: list[tuple[str, Any]] = [
     ("enc-use", _rsa_jwk(kid="enc", use="enc")),
     ("ops-without-verify", _rsa_jwk(kid="ops", key_ops=["encrypt"])),
     ("ops-not-a-list", _rsa_jwk(kid="ops2", key_ops="verify")),
+    ("ops-wrap-only", _rsa_jwk(kid="ops3", key_ops=["wrapKey", "unwrapKey"])),
     ("small-rsa", _rsa_jwk(1024, kid="small")),
     ("private-members", _private_rsa_jwk()),
     ("alg-for-other-kty", _rsa_jwk(kid="rsa-es", alg="ES256")),
@@ -354,6 +355,12 @@ async def test_a_set_with_malformed_keys_still_works(
     await ok(auth, issuer.mint(key="ec"))
     await refused(auth, issuer.mint(headers={"kid": "hmac"}))
     await refused(auth, issuer.mint(headers={"kid": "small"}))
+
+
+@pytest.mark.parametrize("ops", [["verify"], ["sign"], ["sign", "verify"]])
+def test_signature_key_ops_are_usable(ops: list[str]) -> None:
+    """oidc-provider publishes its public keys with ``key_ops: ["sign"]``."""
+    assert len(parse_jwks({"keys": [_rsa_jwk(kid="k", key_ops=ops)]})) == 1
 
 
 def test_duplicate_kids_and_many_keys() -> None:
