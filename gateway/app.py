@@ -96,10 +96,7 @@ async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamR
     origin = request.headers.get("Origin")
     if cors_rules.is_preflight(request.method, request.headers):
         return policy.preflight(origin, request.headers, public=policy.is_public(request.path))
-    response = await handler(request)
-    if not response.prepared:
-        policy.decorate(response.headers, origin, public=policy.is_public(request.path))
-    return response
+    return await handler(request)  # response CORS headers: security_headers (prepare hook)
 
 
 @web.middleware
@@ -169,6 +166,12 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.setdefault("Cache-Control", "no-store")
     response.headers.setdefault("Pragma", "no-cache")
     response.headers.popall("Set-Cookie", None)
+    if not cors_rules.is_preflight(request.method, request.headers):
+        # here, not in cors_middleware: streamed responses are prepared inside the handler
+        policy = request.app[CORS]
+        policy.decorate(
+            response.headers, request.headers.get("Origin"), public=policy.is_public(request.path)
+        )
     cfg = request.app[CONFIG]
     if cfg.server.tls is not None:
         response.headers["Strict-Transport-Security"] = f"max-age={cfg.server.hsts_max_age_s}"
@@ -185,7 +188,7 @@ def build_app(cfg: Config) -> web.Application:
     app[CORS] = cors_rules.CorsPolicy(cfg.cors, cfg.server.base_path)
     app.cleanup_ctx.append(_lifetime)
     app.on_response_prepare.append(security_headers)
-    app.router.add_route("*", "/{tail:.*}", dispatch)
+    app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
     return app
 
 

@@ -20,6 +20,7 @@ import ssl
 from typing import Any
 
 from aiohttp import http_parser, web, web_protocol, web_server
+from aiohttp.http_exceptions import LineTooLong
 
 from gateway.app import LIFECYCLE, build_app
 from gateway.config import Config
@@ -61,7 +62,7 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
         err: GatewayError
-        if status == 431:
+        if status == 431 or isinstance(exc, LineTooLong):
             err = HeadersTooLarge()
         elif 400 <= status < 500:
             err = BadRequest("The HTTP request is malformed.", reason="request.framing")

@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from gateway.config import UpstreamConfig
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 
 Body = bytes | AsyncIterator[bytes] | None
 
@@ -123,7 +123,10 @@ class UpstreamClient:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             raise UpstreamTimeout() from None
-        except (aiohttp.ClientError, OSError):
+        except (aiohttp.ClientError, OSError) as exc:
+            if isinstance(exc.__cause__, GatewayError):
+                # our own request-body stream refused (e.g. 413 over the size cap): not a 502
+                raise exc.__cause__ from None
             raise UpstreamError(reason="upstream.unreachable") from None
         return UpstreamCall(response=response, started=started)
 

@@ -25,10 +25,20 @@ class UrlRewriter:
         alternatives = "|".join(re.escape(b) for b in sorted(self._bases, key=len, reverse=True))
         # an upstream base followed by a URL boundary (never a longer path like /fhirX)
         self._pattern = re.compile(rf"(?:{alternatives})(?=[/?#\s\"'<>]|$)", re.IGNORECASE)
+        # any other URL on an upstream host (e.g. a blob store beside the FHIR base): it has no
+        # public equivalent, so only its origin is replaced — a dead link rather than a leak
+        hosts = "|".join(re.escape(n) for n in sorted(self._netlocs, key=len, reverse=True))
+        self._origin_pattern = re.compile(rf"https?://(?:{hosts})(?=[/?#\s\"'<>]|$)", re.I)
+        parts = urlsplit(self._public)
+        self._public_origin = f"{parts.scheme}://{parts.netloc}"
 
     def mentions_upstream(self, body: bytes) -> bool:
         lowered = body.lower()
         return any(n in lowered for n in self._needles)
+
+    def _sub(self, value: str) -> str:
+        value = self._pattern.sub(self._public, value)
+        return self._origin_pattern.sub(self._public_origin, value)
 
     def rewrite_header(self, value: str) -> str | None:
         """The header value with upstream URLs rewritten; None if it must be dropped."""
@@ -47,13 +57,13 @@ class UrlRewriter:
         """
         changed = False
         stack: list[Any] = [node]
-        pattern, public = self._pattern, self._public
+        sub = self._sub
         while stack:
             item = stack.pop()
             if isinstance(item, dict):
                 for key, value in item.items():
                     if isinstance(value, str):
-                        new = pattern.sub(public, value)
+                        new = sub(value)
                         if new != value:
                             item[key] = new
                             changed = True
@@ -62,7 +72,7 @@ class UrlRewriter:
             elif isinstance(item, list):
                 for i, value in enumerate(item):
                     if isinstance(value, str):
-                        new = pattern.sub(public, value)
+                        new = sub(value)
                         if new != value:
                             item[i] = new
                             changed = True

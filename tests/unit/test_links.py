@@ -65,11 +65,16 @@ def test_upstream_host_outside_base_dropped(rw: UrlRewriter, value: str) -> None
     assert rw.rewrite_header(value) is None
 
 
-def test_boundary_not_rewritten_in_json(rw: UrlRewriter) -> None:
-    doc = {"url": f"{UP}X/Patient", "other": f"{UP}.evil/x"}
-    before = copy.deepcopy(doc)
-    assert rw.rewrite_json(doc) is False
-    assert doc == before
+def test_base_boundary_in_json_only_the_origin_is_replaced(rw: UrlRewriter) -> None:
+    """`/fhirX` is not under the base `/fhir`: it is not mapped onto the public base, but the
+    upstream origin is still replaced (a dead link, never a leaked host)."""
+    doc = {"url": f"{UP}X/Patient", "other": f"{UP}.evil/x", "foreign": "http://other:8080/fhir"}
+    assert rw.rewrite_json(doc) is True
+    assert doc == {
+        "url": "https://fhir.example.org/fhirX/Patient",
+        "other": "https://fhir.example.org/fhir.evil/x",
+        "foreign": "http://other:8080/fhir",
+    }
 
 
 def _bundle(base: str) -> dict[str, Any]:

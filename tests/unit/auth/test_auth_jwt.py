@@ -433,6 +433,8 @@ async def test_non_finite_exp(auth: Authenticator, issuer: TestIssuer, raw_exp: 
         "e30.e30.",
         "..",
         "opaque-token-without-dots",
+        f"{b64u('[' * 3000)}.e30.c2ln",
+        f"{b64u({'alg': 'RS256'})}.{b64u('[' * 3000)}.c2ln",
     ],
 )
 async def test_malformed_or_unroutable_tokens(auth: Authenticator, token: str) -> None:
@@ -466,3 +468,55 @@ async def test_nothing_about_the_token_is_logged(
             if part:
                 assert part not in text
     assert "pat-1" not in text
+
+
+# ----------------------------------------------------------------- refused for the right reason
+
+DETAIL_CASES: list[tuple[str, Callable[[TestIssuer], str], str]] = [
+    ("alg-none", lambda i: forge({"alg": "none", "kid": i.current_key.kid}, i.claims()), "alg"),
+    (
+        "hs256-with-pem",
+        lambda i: hs256(
+            {"alg": "HS256", "kid": i.current_key.kid}, i.claims(), _public_secrets(i)["pem"]
+        ),
+        "alg",
+    ),
+    ("unknown-kid", lambda i: i.mint(headers={"kid": "nope"}), "no-fitting-key"),
+    ("key-type", lambda i: i.mint(key="ec", headers={"kid": i.current_key.kid}), "no-fitting-key"),
+    (
+        "tampered",
+        lambda i: _swap_part(i.mint(), 1, b64u(i.claims(patient="other"))),
+        "signature",
+    ),
+    ("typ", lambda i: i.mint(headers={"typ": "JOSE"}), "typ"),
+    ("crit", lambda i: i.mint(headers={"crit": ["exp"]}), "unsupported-header"),
+    ("long-kid", lambda i: i.mint(headers={"kid": "k" * 5000}), "kid"),
+    ("aud", lambda i: i.mint(aud="https://other.example"), "aud"),
+    ("unknown-iss", lambda i: i.mint(iss="https://other.example"), "unknown-issuer"),
+    ("exp-missing", lambda i: i.mint(exp=None), "exp"),
+    ("expired", lambda i: i.mint(exp=int(i.clock()) - 100), "exp"),
+    ("nbf", lambda i: i.mint(nbf=int(i.clock()) + 100), "nbf"),
+    ("iat", lambda i: i.mint(iat=int(i.clock()) + 100), "iat"),
+    ("nonce", lambda i: i.mint(nonce="n"), "id-token"),
+    ("cnf", lambda i: i.mint(cnf={"jkt": "x"}), "sender-constrained"),
+    ("no-scope", lambda i: i.mint(scope=None), "no-scope"),
+    ("patient", lambda i: i.mint(patient="../x"), "claim:patient"),
+    ("fhir-user", lambda i: i.mint(fhirUser="Patient"), "claim:fhirUser"),
+    ("opaque", lambda i: "opaque-token", "not-a-jwt"),
+]
+
+
+@pytest.mark.parametrize(
+    ("build", "detail"), [c[1:] for c in DETAIL_CASES], ids=[c[0] for c in DETAIL_CASES]
+)
+async def test_refused_for_the_right_reason(
+    auth: Authenticator,
+    issuer: TestIssuer,
+    caplog: pytest.LogCaptureFixture,
+    build: Callable[[TestIssuer], str],
+    detail: str,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="gateway.auth")
+    with pytest.raises(Unauthorized):
+        await auth.authenticate(f"Bearer {build(issuer)}", token_elsewhere=False)
+    assert f"({detail})" in caplog.text
