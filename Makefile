@@ -30,8 +30,8 @@ demo: $(STAMP) ## start sekmet-fhir with synthetic patients and the gateway in f
 	$(VENV)/bin/fhir-gateway demo
 
 lint: $(STAMP) ## ruff lint + format check
-	$(VENV)/bin/ruff check gateway tests scripts
-	$(VENV)/bin/ruff format --check gateway tests scripts
+	$(VENV)/bin/ruff check gateway tests scripts bench
+	$(VENV)/bin/ruff format --check gateway tests scripts bench
 
 typecheck: $(STAMP) ## mypy --strict on the package
 	$(VENV)/bin/mypy
@@ -44,8 +44,8 @@ test-fast: $(STAMP) ## unit tests only
 	$(PY) -m pytest -q tests/unit
 
 fmt: $(STAMP) ## format the code
-	$(VENV)/bin/ruff format gateway tests scripts
-	$(VENV)/bin/ruff check --fix gateway tests scripts
+	$(VENV)/bin/ruff format gateway tests scripts bench
+	$(VENV)/bin/ruff check --fix gateway tests scripts bench
 
 generate: $(STAMP) ## regenerate the FHIR tables from ../shared/fhir-r4
 	$(PY) scripts/generate_fhir_tables.py

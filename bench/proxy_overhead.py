@@ -49,7 +49,7 @@ def wait_http(url: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=1) as resp:
                 if resp.status == 200:
                     return
         except OSError:
@@ -106,7 +106,8 @@ def main() -> int:
         subprocess.Popen([py, str(ROOT / "bench" / "static_upstream.py"), str(up_port)]),
         subprocess.Popen(
             [py, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml")],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
         ),
     ]
     try:
@@ -116,11 +117,12 @@ def main() -> int:
             "direct upstream": (f"http://127.0.0.1:{up_port}/fhir/Patient/bench-1", []),
             "gateway, no token (metadata)": (f"{base}/metadata", []),
             "gateway, cached JWT (Patient/{id})": (
-                f"{base}/Patient/bench-1", [f"Authorization: Bearer {token}"]
+                f"{base}/Patient/bench-1",
+                [f"Authorization: Bearer {token}"],
             ),
         }
         results: dict[str, list[dict[str, float]]] = {k: [] for k in targets}
-        for name, (url, headers) in targets.items():  # warm-up
+        for url, headers in targets.values():  # warm-up
             wrk(url, 2, args.connections, headers)
         for _ in range(args.rounds):
             for name, (url, headers) in targets.items():
@@ -133,8 +135,10 @@ def main() -> int:
         issuer.stop()
 
     direct = statistics.median(r["rps"] for r in results["direct upstream"])
-    print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
-          f"medians; {os.cpu_count()} cores; Python {sys.version.split()[0]}\n")
+    print(
+        f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
+        f"medians; {os.cpu_count()} cores; Python {sys.version.split()[0]}\n"
+    )
     print("| target | requests/s | p50 ms | p99 ms | vs direct |")
     print("|---|---:|---:|---:|---:|")
     for name, runs in results.items():

@@ -15,15 +15,25 @@ PATIENT = {
     "resourceType": "Patient",
     "id": "bench-1",
     "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:00Z"},
-    "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">" + "x" * 900 + "</div>"},
+    "text": {
+        "status": "generated",
+        "div": '<div xmlns="http://www.w3.org/1999/xhtml">' + "x" * 900 + "</div>",
+    },
     "identifier": [{"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "12345"}],
     "active": True,
     "name": [{"use": "official", "family": "Chalmers", "given": ["Peter", "James"]}],
     "telecom": [{"system": "phone", "value": "(03) 5555 6473", "use": "work"}],
     "gender": "male",
     "birthDate": "1974-12-25",
-    "address": [{"use": "home", "line": ["534 Erewhon St"], "city": "PleasantVille",
-                 "postalCode": "3999", "country": "AU"}],
+    "address": [
+        {
+            "use": "home",
+            "line": ["534 Erewhon St"],
+            "city": "PleasantVille",
+            "postalCode": "3999",
+            "country": "AU",
+        }
+    ],
     "extension": [{"url": "http://example.org/weight", "valueDecimal": 72.50}],
 }
 BODY = json.dumps(PATIENT).encode()
