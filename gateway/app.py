@@ -23,6 +23,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway import cors as cors_rules
+from gateway.access.context import AccessResolver
 from gateway.auth import Authenticator
 from gateway.config import Config
 from gateway.context import EXCHANGE, Exchange, exchange
@@ -32,6 +33,7 @@ from gateway.fhir.target import parse_target
 from gateway.handler import Gateway, handle_fhir
 from gateway.ops.logging import log
 from gateway.upstream.client import UpstreamClient
+from gateway.upstream.fetch import Fetcher
 from gateway.upstream.headers import TrustedProxies, check_request_headers, request_id
 from gateway.upstream.links import UrlRewriter
 
@@ -207,12 +209,16 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         realm=cfg.server.public_base_url,
         session=auth_session,
     )
+    bases = (cfg.server.public_base_url, cfg.upstream.url)
+    fetcher = Fetcher(upstream, bases, cfg.server.max_response_body_bytes)
     app[GATEWAY] = Gateway(
         config=cfg,
         upstream=upstream,
         rewriter=UrlRewriter([cfg.upstream.url], cfg.server.public_base_url),
         authenticator=authenticator,
         trusted_proxies=TrustedProxies(cfg.server.trusted_proxies),
+        fetcher=fetcher,
+        access=AccessResolver(fetcher.get, bases),
     )
     await authenticator.start()
     life.started = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -39,6 +40,7 @@ class Body:
     data: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
     form: tuple[Param, ...] | None = None
+    doc: Any = None  # the decoded JSON of ``data``
 
 
 def media_type(value: str | None) -> str | None:
@@ -130,7 +132,7 @@ async def read_body(request: web.Request, req: FhirRequest, limit: int) -> Body 
     expected = list if ctype in PATCH_TYPES else dict
     if not isinstance(parsed, expected):
         raise BadRequest("The request body is not a FHIR JSON document.")
-    return Body(content_type=ctype, data=data)
+    return Body(content_type=ctype, data=data, doc=parsed)
 
 
 def with_params(target: Target, params: tuple[Param, ...]) -> Target:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.context import exchange
-from gateway.errors import UpstreamError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir import json
 from gateway.fhir.outcome import FHIR_JSON
 from gateway.ingress import JSON_TYPES, media_type
@@ -31,6 +32,8 @@ from gateway.upstream.links import UrlRewriter
 logger = logging.getLogger("gateway.respond")
 
 NO_BODY_STATUS = frozenset({204, 304})
+#: verifies (and may change) a decoded body in place; True when it changed; may raise NotFound
+DocFilter = Callable[[dict[str, Any]], bool]
 
 
 def check_status(call: UpstreamCall) -> None:
@@ -72,15 +75,28 @@ def decode_resource(body: bytes) -> dict[str, Any]:
 
 
 async def json_response(
-    call: UpstreamCall, upstream: UpstreamClient, rewriter: UrlRewriter, limit: int
+    call: UpstreamCall,
+    upstream: UpstreamClient,
+    rewriter: UrlRewriter,
+    limit: int,
+    doc_filter: DocFilter | None = None,
 ) -> web.Response:
+    """Read, decode once, rewrite URLs, verify (``doc_filter``), re-encode only if changed."""
     headers = response_headers(call, rewriter)
     body = await upstream.read_body(call, limit)
     status = call.response.status
     if not body:
         return web.Response(status=status, headers=headers)
     doc = decode_resource(body)  # fail closed on anything unparseable
-    if rewriter.mentions_upstream(body) and rewriter.rewrite_json(doc):
+    changed = rewriter.mentions_upstream(body) and rewriter.rewrite_json(doc)
+    if doc_filter is not None:
+        try:
+            changed = doc_filter(doc) or changed
+        except GatewayError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+            raise UpstreamError(reason="upstream.unverifiable") from None  # fail closed
+    if changed:
         body = json.encode(doc)
     headers["Content-Type"] = call.response.headers.get("Content-Type", FHIR_JSON)
     return web.Response(status=status, body=body, headers=headers)

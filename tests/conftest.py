@@ -61,7 +61,12 @@ async def gateway(gateway_factory: GatewayFactory) -> RunningGateway:
 
 @pytest.fixture
 def token(issuer: TestIssuer) -> str:
-    return issuer.mint()
+    """A clinician-style token (``user/*.cruds``, no patient context): proxy-mechanics tests
+    use it so that authorization never stands in their way. Patient-context tests mint their
+    own."""
+    return issuer.mint(
+        scope="openid fhirUser user/*.cruds", patient=None, fhirUser="Practitioner/dr-1"
+    )
 
 
 @pytest.fixture

@@ -16,3 +16,6 @@ RESOURCE_TYPES: frozenset[str] = frozenset(_data["resource_types"])
 PATIENT_COMPARTMENT: dict[str, dict[str, list[str]]] = _data["patient_compartment"]
 #: type -> {search parameter code -> search parameter type}
 SEARCH_PARAMS: dict[str, dict[str, str]] = _data["search_params"]
+#: type -> {token search parameter -> [element paths]}, only for parameters whose expression is
+#: a union of simple paths (choice elements typed by ``ofType`` appear as ``valueCodeableConcept``)
+TOKEN_PATHS: dict[str, dict[str, list[str]]] = _data["token_paths"]

@@ -41,7 +41,7 @@ def assert_clean_error(
         assert needle not in text, needle
     doc = json.loads(raw)
     assert doc["resourceType"] == "OperationOutcome"
-    assert doc["issue"][0]["code"] in ("transient", "timeout", "exception")
+    assert doc["issue"][0]["code"] in ("transient", "timeout", "exception", "not-found")
     return doc
 
 
@@ -131,7 +131,8 @@ FAULTS: list[tuple[str, Answer, int]] = [
     ("reset-mid-body", cut_off(1000, b'{"resourceType": "Patient", "id": "'), 502),
     ("too-large-declared", text(BIG, FHIR_JSON), 502),
     ("too-large-chunked", chunked(BIG), 502),
-    ("error-404-html", text("<h1>Not Found</h1> Python/3.11 aiohttp", "text/html", 404), 502),
+    # a read answered 404 becomes the gateway's own 404 (decision 3), whatever the upstream body
+    ("error-404-html", text("<h1>Not Found</h1> Python/3.11 aiohttp", "text/html", 404), 404),
 ]
 
 

@@ -200,7 +200,8 @@ async def test_sigterm_drains_in_flight_request_then_exits(
     )
     stderr_task = asyncio.ensure_future(proc.stderr.read())  # type: ignore[union-attr]
     base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {issuer.mint()}"}
+    token = issuer.mint(scope="user/*.cruds", patient=None)
+    headers = {"Authorization": f"Bearer {token}"}
     try:
         async with aiohttp.ClientSession() as session:
             for _ in range(200):  # wait until ready (keys fetched)

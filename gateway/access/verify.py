@@ -1,0 +1,135 @@
+"""Verify every resource that comes back, whatever path it took (the filter stage's core).
+
+Matches, ``_include``/``_revinclude`` (``:iterate`` and wildcards too), history versions,
+``$everything`` entries, batch-response entries and stored Bundles are all judged the same way:
+
+1. its type must be granted by a scope (plainly, or by a granular scope it matches);
+2. for a confined caller, a Patient-compartment type must be in the patient's compartment;
+3. contained Patients are removed for a confined caller (they cannot be proven to be the
+   patient in context).
+
+A failing entry is dropped from its Bundle (never a whole-request 403); a failing single
+resource is answered 404 exactly like a nonexistent one (decision 3). ``Bundle.total`` follows
+decision 5, and nothing marks that something was hidden (decision 6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.access.compartment import compartment_patients, strip_foreign_contained_patients
+from gateway.access.decision import Verify
+from gateway.access.granular import matches_query
+from gateway.errors import NotFound
+from gateway.fhir.tables import RESOURCE_TYPES
+
+#: Bundles that are the server's answer (an envelope), not a stored resource of type Bundle
+ENVELOPES = frozenset({"searchset", "history", "batch-response", "transaction-response"})
+
+
+class ResourceCheck:
+    def __init__(self, verify: Verify, bases: tuple[str, ...]) -> None:
+        self._v = verify
+        self._bases = bases
+        self.removed = 0
+        self.changed = False
+
+    def in_compartment(self, resource: dict[str, Any]) -> bool:
+        """For a confined caller: not a compartment type, or in the patient's compartment."""
+        patient = self._v.patient
+        if patient is None:
+            return True
+        members = compartment_patients(resource, self._bases)
+        return members is None or patient in members
+
+    def visible(self, resource: Any) -> bool:
+        """Whether the caller may see this resource (may strip contained Patients in place)."""
+        if not isinstance(resource, dict):
+            return False
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str) or rtype not in RESOURCE_TYPES:
+            return False
+        if rtype == "OperationOutcome":
+            return True
+        if rtype == "Bundle" and resource.get("type") in ENVELOPES:
+            self.filter_bundle(resource)  # e.g. a search answered inside a batch-response
+            return True
+        v = self._v
+        plain = any(v.scopes.plain(lv, rtype, p) for lv in v.levels for p in v.permissions)
+        if not plain:
+            granular = [
+                s for lv in v.levels for p in v.permissions for s in v.scopes.granular(lv, rtype, p)
+            ]
+            if not any(matches_query(resource, rtype, s.query) for s in granular):
+                return False
+        if v.patient is not None:
+            members = compartment_patients(resource, self._bases)
+            if members is not None and v.patient not in members:
+                return False
+            if strip_foreign_contained_patients(resource, v.patient, self._bases):
+                self.changed = True
+        if rtype == "Bundle":
+            self.filter_bundle(resource)
+        return True
+
+    def filter_bundle(self, bundle: dict[str, Any], *, suppress_total: bool = False) -> None:
+        """Drop every entry the caller may not see; fix ``total`` (decision 5)."""
+        entries = bundle.get("entry")
+        if entries is None:
+            entries = []
+        if not isinstance(entries, list):
+            raise ValueError("Bundle.entry is not a list")
+        kept: list[Any] = []
+        removed_here = 0
+        positional = bundle.get("type") in ("batch-response", "transaction-response")
+        for entry in entries:
+            if not isinstance(entry, dict):
+                removed_here += 1
+                continue
+            if "resource" not in entry:
+                kept.append(entry)  # a batch/transaction response entry: status only
+                continue
+            if self.visible(entry["resource"]):
+                kept.append(entry)
+            elif positional:  # batch/transaction answers keep one entry per request
+                kept.append({"response": {"status": "404 Not Found"}})
+                removed_here += 1
+            else:
+                removed_here += 1
+        if removed_here:
+            self.removed += removed_here
+            self.changed = True
+            if kept:
+                bundle["entry"] = kept
+            else:
+                bundle.pop("entry", None)
+        if (
+            bundle.get("type") == "searchset"
+            and "total" in bundle
+            and (removed_here or suppress_total)
+        ):
+            relations = {
+                link.get("relation") for link in bundle.get("link", []) if isinstance(link, dict)
+            }
+            if relations & {"next", "previous", "prev"}:
+                del bundle["total"]  # other pages may hold withheld entries: no honest count
+            else:
+                bundle["total"] = sum(
+                    1 for e in kept if (e.get("search") or {}).get("mode", "match") == "match"
+                )
+            self.changed = True
+
+
+def verify_document(
+    doc: dict[str, Any], verify: Verify, bases: tuple[str, ...], *, suppress_total: bool = False
+) -> bool:
+    """Verify a decoded response body in place. Returns True if it changed.
+
+    Raises NotFound when the body is a single resource the caller may not see.
+    """
+    check = ResourceCheck(verify, bases)
+    if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:
+        check.filter_bundle(doc, suppress_total=suppress_total)  # the envelope, not a resource
+    elif not check.visible(doc):
+        raise NotFound()
+    return check.changed

@@ -1,0 +1,98 @@
+"""Checks that need the upstream before a request may be forwarded (the I/O side of authorize).
+
+- update / patch / delete by a confined caller: the stored version is fetched first and must
+  be in the patient's compartment (else 404, as if it did not exist); the new body (for a JSON
+  Patch: the patch applied locally to the stored version) is judged by ``access.writes``; the
+  write is then pinned to the version that was checked (``If-Match``), so nothing can change
+  between the check and the write;
+- create: the body is judged the same way; a conditional create is refused when confined;
+- Binary read by a confined caller: its ``securityContext`` must be a resource the caller may
+  see (a Binary without one is answered 404).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.access.authorize import Access
+from gateway.access.decision import Decision, Prefetch, deny
+from gateway.access.verify import ResourceCheck
+from gateway.access.writes import apply_patch, check_body
+from gateway.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType
+from gateway.fhir.request import FhirRequest, Interaction
+from gateway.ingress import PATCH_TYPES, Body
+from gateway.upstream.fetch import Fetcher
+
+WRITES = frozenset({Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH})
+
+
+async def precheck(
+    fetcher: Fetcher,
+    access: Access,
+    req: FhirRequest,
+    decision: Decision,
+    body: Body | None,
+    if_none_exist: bool,
+) -> dict[str, str]:
+    """Raise when the request must not be forwarded; return extra upstream headers."""
+    extra: dict[str, str] = {}
+    stored: dict[str, Any] | None = None
+    if decision.prefetch is Prefetch.BINARY_SECURITY_CONTEXT:
+        await _binary_security_context(fetcher, access, req)
+        return extra
+    if decision.prefetch is Prefetch.STORED_IN_COMPARTMENT:
+        assert req.resource_type is not None and req.id is not None
+        stored = await fetcher.get(req.resource_type, req.id)
+        if stored is None or not ResourceCheck(
+            access.verify(frozenset("cruds")), fetcher.bases
+        ).in_compartment(stored):
+            raise NotFound()
+        version = (stored.get("meta") or {}).get("versionId")
+        if isinstance(version, str) and version:
+            extra["If-Match"] = f'W/"{version}"'
+    if req.interaction not in WRITES or (body is not None and body.stream is not None):
+        return extra  # raw Binary content: only unconfined callers get here (see authorize)
+    if access.patient is not None and req.interaction is Interaction.CREATE and if_none_exist:
+        raise_denial(deny("write.conditional"))
+    doc = body.doc if body is not None else None
+    if req.interaction is Interaction.PATCH:
+        if body is None or body.content_type not in PATCH_TYPES:
+            if access.patient is not None:
+                raise UnsupportedMediaType("Only JSON Patch is accepted for this caller.")
+            return extra
+        if stored is None:
+            return extra  # unconfined: the upstream applies it; nothing to prove here
+        doc = apply_patch(stored, doc)
+        if doc is None:
+            raise BadRequest("The JSON Patch does not apply to the stored resource.")
+    denial = check_body(access, req, doc, stored, fetcher.bases)
+    if denial is not None:
+        raise_denial(denial)
+    return extra
+
+
+async def _binary_security_context(fetcher: Fetcher, access: Access, req: FhirRequest) -> None:
+    assert req.id is not None
+    binary = await fetcher.get("Binary", req.id)
+    context = binary.get("securityContext") if binary else None
+    reference = context.get("reference") if isinstance(context, dict) else None
+    target = fetcher.split_reference(reference) if isinstance(reference, str) else None
+    if target is None:
+        raise NotFound()
+    resource = await fetcher.get(*target)
+    if resource is None or not ResourceCheck(access.verify(), fetcher.bases).visible(resource):
+        raise NotFound()
+
+
+def raise_denial(decision: Decision, realm: str = "") -> None:
+    """Turn a denial into the gateway's error (decisions 2-4)."""
+    if decision.status == 404:
+        raise NotFound()
+    if decision.status == 400:
+        raise BadRequest("The request is not allowed in this form.", reason=decision.reason)
+    headers = {}
+    if decision.required_scope and realm:
+        headers["WWW-Authenticate"] = (
+            f'Bearer realm="{realm}", error="insufficient_scope", scope="{decision.required_scope}"'
+        )
+    raise Forbidden(headers=headers, reason=decision.reason)

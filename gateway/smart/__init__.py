@@ -1,0 +1,1 @@
+"""SMART App Launch: scopes and discovery."""
