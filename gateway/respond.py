@@ -102,6 +102,22 @@ async def json_response(
     return web.Response(status=status, body=body, headers=headers)
 
 
+def not_modified(request: web.Request, response: web.Response) -> web.Response | None:
+    """A 304 computed by the gateway, after verification, for a matching If-None-Match.
+
+    The upstream never sees the client's conditional headers (its 304 would skip the check
+    and confirm that the resource exists), so the gateway answers them itself.
+    """
+    etag = response.headers.get("ETag")
+    wanted = request.headers.get("If-None-Match")
+    if response.status != 200 or not etag or not wanted:
+        return None
+    tags = {t.strip().removeprefix("W/") for t in wanted.split(",")}
+    if "*" not in tags and etag.removeprefix("W/") not in tags:
+        return None
+    return web.Response(status=304, headers={"ETag": etag})
+
+
 async def empty_response(call: UpstreamCall, rewriter: UrlRewriter) -> web.Response:
     await call.response.read()  # drain (bounded: no-body statuses or zero length)
     return web.Response(status=call.response.status, headers=response_headers(call, rewriter))

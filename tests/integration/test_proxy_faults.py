@@ -174,12 +174,19 @@ async def test_connection_refused_is_502(
         assert resp.headers["Content-Type"].startswith(FHIR_JSON)
 
 
-async def test_not_modified_passes_through(
+async def test_not_modified_is_answered_by_the_gateway_after_verification(
     gateway: RunningGateway, fake_upstream: FakeUpstream, auth: dict[str, str]
 ) -> None:
+    """The upstream's 304 would skip verification: it gets no conditional header, and the
+    gateway answers 304 itself once the resource passed its checks."""
+
     async def answer(_: web.Request, rec: Recorded) -> web.StreamResponse:
-        assert rec.headers["If-None-Match"] == 'W/"3"'
-        return web.Response(status=304, headers={"ETag": 'W/"3"'})
+        assert "If-None-Match" not in rec.headers
+        return web.Response(
+            body=b'{"resourceType": "Patient", "id": "p1"}',
+            content_type="application/fhir+json",
+            headers={"ETag": 'W/"3"'},
+        )
 
     fake_upstream.reply(answer)
     headers = {**auth, "If-None-Match": 'W/"3"'}
