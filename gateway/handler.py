@@ -121,7 +121,7 @@ async def _forward_and_respond(
             verify = decision.verify if decision is not None else None
             suppress = decision.suppress_total if decision is not None else False
             bases = gw.fetcher.bases
-            return await respond.json_response(
+            response = await respond.json_response(
                 call,
                 gw.upstream,
                 gw.rewriter,
@@ -130,6 +130,10 @@ async def _forward_and_respond(
                 if verify is None
                 else lambda doc: verify_document(doc, verify, bases, suppress_total=suppress),
             )
+            unchanged = (
+                respond.not_modified(request, response) if req.interaction in SINGLE else None
+            )
+            return response if unchanged is None else unchanged
         if ingress.is_binary_content(req):
             return await respond.stream_response(request, call, gw.rewriter)
         raise UpstreamError(reason="upstream.not-fhir")
