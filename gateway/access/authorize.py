@@ -199,7 +199,12 @@ def _compartment_search(access: Access, req: FhirRequest) -> Decision:
     ):
         return deny("scope.missing", 403, required_scope(access, "*", "s"))
     sparams = parse_params(req.params)
-    refusal = _confined_param_refusal(sparams) if pid is not None else None
+    refusal = None
+    if pid is not None:
+        types = (ctype,) if ctype != "*" else tuple(PATIENT_COMPARTMENT)
+        refusal = _confined_param_refusal(sparams) or next(
+            (r for t in types if (r := _named_patients_refusal(t, sparams, pid))), None
+        )
     if refusal:
         return refusal
     return Decision(
