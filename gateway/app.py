@@ -32,6 +32,8 @@ from gateway.fhir.outcome import FHIR_JSON, operation_outcome
 from gateway.fhir.target import parse_target
 from gateway.handler import Gateway, handle_fhir
 from gateway.ops.logging import log
+from gateway.phi.cursors import CursorCodec
+from gateway.phi.rules import PhiRules
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.fetch import Fetcher
 from gateway.upstream.headers import TrustedProxies, check_request_headers, request_id
@@ -194,6 +196,22 @@ def build_app(cfg: Config) -> web.Application:
     return app
 
 
+def risky_settings(cfg: Config) -> list[str]:
+    """Settings that weaken a protection: each is logged as a warning at start-up."""
+    risky = []
+    if cfg.phi.post_search == "off":
+        risky.append("phi.post_search=off: PHI search parameters travel in upstream URLs")
+    if cfg.phi.allow_get_fallback and not cfg.upstream.post_search:
+        risky.append("phi.allow_get_fallback: PHI searches go upstream as GET")
+    if not cfg.phi.cursor_keys:
+        risky.append("phi.cursor_keys empty: cursors fail across replicas and restarts")
+    if cfg.upstream.url.startswith("http://"):
+        risky.append("upstream.url is plain http: traffic to the upstream is not encrypted")
+    if cfg.upstream.forward_authorization:
+        risky.append("upstream.forward_authorization: client tokens are sent upstream")
+    return risky
+
+
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     """Start the upstream pool and the token machinery; close both at shutdown."""
     cfg, life = app[CONFIG], app[LIFECYCLE]
@@ -219,8 +237,12 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         trusted_proxies=TrustedProxies(cfg.server.trusted_proxies),
         fetcher=fetcher,
         access=AccessResolver(fetcher.get, bases),
+        phi=PhiRules(cfg.phi, cfg.upstream.post_search),
+        cursors=CursorCodec.from_config(cfg.phi.cursor_keys, cfg.phi.cursor_ttl_s),
     )
     await authenticator.start()
+    for warning in risky_settings(cfg):
+        log(logger, logging.WARNING, "config.risky", setting=warning)
     life.started = True
     log(logger, logging.INFO, "started", base=cfg.server.base_path or "/")
     try:

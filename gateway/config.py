@@ -9,6 +9,8 @@ Every key and its default is documented in ``config.example.yaml`` and
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -277,6 +279,23 @@ class CorsConfig(_Model):
 
 class PhiConfig(_Model):
     post_search: Literal["phi", "all", "off"] = "phi"
+    parameters: list[str] | None = None
+    extra_parameters: list[str] = Field(default_factory=list)
+    allow_get_fallback: bool = False
+    cursor_keys: list[str] = Field(default_factory=list)
+    cursor_ttl_s: Annotated[float, Field(gt=0, le=86400)] = 900.0
+
+    @field_validator("cursor_keys")
+    @classmethod
+    def _check_keys(cls, v: list[str]) -> list[str]:
+        for key in v:
+            try:
+                raw = base64.urlsafe_b64decode(key + "=" * (-len(key) % 4))
+            except (ValueError, binascii.Error):
+                raise ValueError("each key must be base64url (32 random bytes)") from None
+            if len(raw) != 32:
+                raise ValueError("each key must decode to exactly 32 bytes (AES-256)")
+        return v
 
 
 class PoliciesConfig(_Model):

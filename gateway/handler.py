@@ -10,6 +10,7 @@ no stage ever lets an unchecked answer through.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
@@ -24,10 +25,14 @@ from gateway.auth.bearer import invalid_request
 from gateway.batch import handle_bundle, require_bundle_body
 from gateway.config import Config
 from gateway.context import exchange
-from gateway.errors import NotFound, UpstreamError
+from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.fhir.request import FhirRequest, Interaction, classify
-from gateway.fhir.target import Param, Target, encode_path, encode_query
+from gateway.fhir.target import Target, encode_path, encode_query, parse_target
+from gateway.phi.cursors import CursorCodec, caller_binding
+from gateway.phi.paging import Origin, replace_links
+from gateway.phi.rules import PhiRules
 from gateway.prechecks import precheck, raise_denial
+from gateway.rewrite import SEARCHES, UpstreamRequest, plan
 from gateway.upstream.client import Body as Payload
 from gateway.upstream.client import UpstreamCall, UpstreamClient
 from gateway.upstream.fetch import Fetcher
@@ -51,6 +56,8 @@ class Gateway:
     trusted_proxies: TrustedProxies
     fetcher: Fetcher
     access: AccessResolver
+    phi: PhiRules
+    cursors: CursorCodec
 
     @property
     def realm(self) -> str:
@@ -65,15 +72,17 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     ex.route = req.route
     ingress.check_accept(req, request.headers.get("Accept"))
     if req.interaction in PUBLIC:
-        return await _forward_and_respond(request, gw, req, req.params, None, None)
+        public = UpstreamRequest("GET", req.target.segments, req.params)
+        return await _forward_and_respond(request, gw, req, public, None, None, None)
 
     # authenticate (before any body is read: anonymous callers cost nothing)
-    ex.principal = await gw.authenticator.authenticate(
+    principal = ex.principal = await gw.authenticator.authenticate(
         request.headers.get("Authorization"), token_elsewhere=token_in_query
     )
     body = await ingress.read_body(request, req, gw.config.server.max_request_body_bytes)
     req = _with_form(req, body, gw.realm)
-    accesses = await gw.access.accesses_for(ex.principal)
+    accesses = await gw.access.accesses_for(principal)
+    binding = caller_binding(principal.issuer, principal.subject, principal.client_id)
 
     # authorize (+ the checks that need the upstream: stored versions, Binary contexts)
     if req.interaction is Interaction.BATCH:
@@ -88,6 +97,13 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
             realm=gw.realm,
             limit=gw.config.server.max_response_body_bytes,
         )
+    origin = Origin(req.method, req.target.segments, req.params)
+    link: FhirRequest | None = None
+    if req.interaction is Interaction.PAGE:  # a cursor: re-authorize the original request
+        page = gw.cursors.open(req.params[0][1], binding)
+        origin = Origin(page.method, page.path, page.params)
+        req = classify(page.method, Target(page.path, page.params))
+        link = _link_request(page.link)
     decision, access = authorize_any(accesses, req)
     ex.reason = decision.reason
     if not decision.allowed:
@@ -96,20 +112,45 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
         gw.fetcher, access, req, decision, body, "If-None-Exist" in request.headers
     )
 
-    # rewrite + forward + filter + respond
-    return await _forward_and_respond(request, gw, req, decision.params, body, decision, extra)
+    # rewrite (GET search -> POST _search when PHI travels) + forward + filter + respond
+    if link is not None:
+        upstream = plan(link, link.params, gw.phi)
+    else:
+        upstream = plan(req, decision.params, gw.phi)
+    if req.interaction in SEARCHES or link is not None:
+        body = None  # search parameters travel in `upstream`, never as the client's bytes
+    paging = Paging(origin, binding)
+    return await _forward_and_respond(request, gw, req, upstream, body, decision, paging, extra)
+
+
+def _link_request(link: str) -> FhirRequest:
+    """The upstream page link a cursor carries, re-validated like any request target."""
+    try:
+        target = parse_target("/" + link, "")
+        if target is None:
+            raise ValueError(link)
+        return classify("GET", target)
+    except (GatewayError, ValueError):
+        raise UpstreamError(reason="upstream.paging-link") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    origin: Origin
+    binding: str
 
 
 async def _forward_and_respond(
     request: web.Request,
     gw: Gateway,
     req: FhirRequest,
-    params: tuple[Param, ...],
+    upstream: UpstreamRequest,
     body: ingress.Body | None,
     decision: Decision | None,
+    paging: Paging | None,
     extra: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    call = await _forward(request, gw, req, params, body, extra or {})
+    call = await _forward(request, gw, req, upstream, body, extra or {})
     try:
         respond.check_status(call)
         status = call.response.status
@@ -118,17 +159,12 @@ async def _forward_and_respond(
         if status in respond.NO_BODY_STATUS:
             return await respond.empty_response(call, gw.rewriter)
         if respond.is_json_response(call):
-            verify = decision.verify if decision is not None else None
-            suppress = decision.suppress_total if decision is not None else False
-            bases = gw.fetcher.bases
             response = await respond.json_response(
                 call,
                 gw.upstream,
                 gw.rewriter,
                 gw.config.server.max_response_body_bytes,
-                None
-                if verify is None
-                else lambda doc: verify_document(doc, verify, bases, suppress_total=suppress),
+                None if decision is None else _doc_filter(gw, decision, paging),
             )
             unchanged = (
                 respond.not_modified(request, response) if req.interaction in SINGLE else None
@@ -140,6 +176,27 @@ async def _forward_and_respond(
     finally:
         exchange(request).upstream_ms = call.latency_ms
         call.response.release()
+
+
+def _doc_filter(gw: Gateway, decision: Decision, paging: Paging | None) -> respond.DocFilter:
+    """Verify every resource, then turn paging links into caller-bound cursors."""
+    verify, bases = decision.verify, gw.fetcher.bases
+
+    def apply(doc: dict[str, Any]) -> bool:
+        changed = verify is not None and verify_document(
+            doc, verify, bases, suppress_total=decision.suppress_total, whole=decision.whole
+        )
+        if paging is not None and replace_links(
+            doc,
+            public_base=gw.realm,
+            codec=gw.cursors,
+            origin=paging.origin,
+            binding=paging.binding,
+        ):
+            changed = True
+        return changed
+
+    return apply
 
 
 def _with_form(req: FhirRequest, body: ingress.Body | None, realm: str) -> FhirRequest:
@@ -174,28 +231,25 @@ async def _forward(
     request: web.Request,
     gw: Gateway,
     req: FhirRequest,
-    params: tuple[Param, ...],
+    upstream: UpstreamRequest,
     body: ingress.Body | None,
     extra: dict[str, str],
 ) -> UpstreamCall:
-    """Build the upstream request from the validated components only, and send it once."""
+    """Build the upstream request from validated components only, and send it once."""
     headers = _upstream_headers(request, gw)
-    if req.interaction not in PUBLIC and request.method in ("GET", "HEAD"):
+    if req.interaction not in PUBLIC and upstream.method == "GET":
         # a 304 would skip verification (and confirm what exists): always get the body
         for name in ("If-None-Match", "If-Modified-Since"):
             headers.popall(name, None)
     headers.update(extra)
-    path = encode_path(req.target.segments)
-    query = encode_query(params)
+    headers.popall("Content-Type", None)
     payload: Payload = None
-    if body is not None and body.form is not None:
-        payload, query = query.encode("ascii"), ""  # POST _search: everything in the body
+    if upstream.form is not None:
+        payload = encode_query(upstream.form).encode("ascii")
         headers["Content-Type"] = ingress.FORM
     elif body is not None:
         payload = body.stream if body.stream is not None else body.data
         if body.content_type:
             headers["Content-Type"] = request.headers["Content-Type"]
-    else:
-        headers.pop("Content-Type", None)
-    method = "GET" if request.method == "HEAD" else request.method
-    return await gw.upstream.send(method, gw.upstream.url(path, query), headers, payload)
+    url = gw.upstream.url(encode_path(upstream.path), encode_query(upstream.query))
+    return await gw.upstream.send(upstream.method, url, headers, payload)

@@ -114,6 +114,8 @@ async def read_body(request: web.Request, req: FhirRequest, limit: int) -> Body 
         return Body(content_type=ctype, data=b"")
     if is_binary_content(req) and ctype not in JSON_TYPES:
         return Body(content_type=ctype, stream=_stream_capped(request, limit))
+    if req.is_search and ctype != FORM:
+        raise UnsupportedMediaType("POST _search takes an application/x-www-form-urlencoded body.")
     if ctype == FORM and req.is_search:
         raw = await _read_capped(request, limit)
         try:

@@ -90,16 +90,18 @@ def required_scope(access: Access, rtype: str, perm: str) -> str:
 
 def authorize_any(accesses: tuple[Access, ...], req: FhirRequest) -> tuple[Decision, Access]:
     """The first view of the caller that allows the request (an unconfined view is listed
-    first), with that view; else the first denial."""
+    first), with that view. Otherwise the denial of the first view whose scopes cover the
+    type (its reason is the real one: another patient, a refused parameter), else the first.
+    """
     assert accesses
-    first: tuple[Decision, Access] | None = None
+    denials: list[tuple[Decision, Access]] = []
     for access in accesses:
         decision = authorize(access, req)
         if decision.allowed:
             return decision, access
-        first = first or (decision, access)
-    assert first is not None
-    return first
+        denials.append((decision, access))
+    relevant = [d for d in denials if d[0].reason not in ("scope.missing", "scope.none")]
+    return (relevant or denials)[0]
 
 
 def authorize(access: Access, req: FhirRequest) -> Decision:
@@ -148,6 +150,7 @@ def _read(access: Access, req: FhirRequest, rtype: str) -> Decision:
         params=_result_params(req.params),
         verify=access.verify(),
         prefetch=prefetch,
+        whole=req.interaction is Interaction.HISTORY_INSTANCE,
     )
 
 

@@ -47,6 +47,8 @@ class Decision:
     verify: Verify | None = None
     prefetch: Prefetch | None = None
     suppress_total: bool = False
+    #: instance history: one hidden version hides the whole answer (404), no partial history
+    whole: bool = False
     #: for batch/transaction: one decision per entry, in order
     entries: tuple[Decision, ...] = field(default=())
 

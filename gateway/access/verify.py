@@ -121,15 +121,23 @@ class ResourceCheck:
 
 
 def verify_document(
-    doc: dict[str, Any], verify: Verify, bases: tuple[str, ...], *, suppress_total: bool = False
+    doc: dict[str, Any],
+    verify: Verify,
+    bases: tuple[str, ...],
+    *,
+    suppress_total: bool = False,
+    whole: bool = False,
 ) -> bool:
     """Verify a decoded response body in place. Returns True if it changed.
 
-    Raises NotFound when the body is a single resource the caller may not see.
+    Raises NotFound when the body is a single resource the caller may not see, or when
+    ``whole`` (an instance history) and any entry had to be hidden.
     """
     check = ResourceCheck(verify, bases)
     if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:
         check.filter_bundle(doc, suppress_total=suppress_total)  # the envelope, not a resource
+        if whole and check.removed:
+            raise NotFound()
     elif not check.visible(doc):
         raise NotFound()
     return check.changed

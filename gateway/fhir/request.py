@@ -40,6 +40,7 @@ class Interaction(StrEnum):
     OPERATION_TYPE = "operation-type"
     OPERATION_INSTANCE = "operation-instance"
     DISCOVERY = "smart-discovery"
+    PAGE = "page"  # following a paging cursor the gateway issued
 
 
 READS = frozenset({"GET", "HEAD"})
@@ -105,6 +106,8 @@ def classify(method: str, target: Target) -> FhirRequest:
         return FhirRequest(method, interaction, route, target, **kw)
 
     if n == 0:
+        if method in READS and len(target.params) == 1 and target.params[0][0] == "_cursor":
+            return req(Interaction.PAGE, "?_cursor")
         if method == "POST":
             return req(Interaction.BATCH, "{base}")
         _need(method, READS | {"POST"})

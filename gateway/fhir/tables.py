@@ -19,3 +19,7 @@ SEARCH_PARAMS: dict[str, dict[str, str]] = _data["search_params"]
 #: type -> {token search parameter -> [element paths]}, only for parameters whose expression is
 #: a union of simple paths (choice elements typed by ``ofType`` appear as ``valueCodeableConcept``)
 TOKEN_PATHS: dict[str, dict[str, list[str]]] = _data["token_paths"]
+#: type -> PHI-bearing search parameter codes (the default of ``phi.parameters``)
+PHI_PARAMS: dict[str, frozenset[str]] = {
+    t: frozenset(codes) for t, codes in _data["phi_params"].items()
+}
