@@ -34,6 +34,7 @@ from gateway.handler import Gateway, handle_fhir
 from gateway.ops.logging import log
 from gateway.phi.cursors import CursorCodec
 from gateway.phi.rules import PhiRules
+from gateway.smart.discovery import Discovery
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.fetch import Fetcher
 from gateway.upstream.headers import TrustedProxies, check_request_headers, request_id
@@ -239,6 +240,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         access=AccessResolver(fetcher.get, bases),
         phi=PhiRules(cfg.phi, cfg.upstream.post_search),
         cursors=CursorCodec.from_config(cfg.phi.cursor_keys, cfg.phi.cursor_ttl_s),
+        # metadata and smart-configuration: cached; the AS document comes over auth_session
+        discovery=Discovery(cfg, upstream, auth_session),
     )
     await authenticator.start()
     for warning in risky_settings(cfg):

@@ -243,13 +243,90 @@ class AuthConfig(_Model):
 
 
 class SmartConfig(_Model):
+    """``smart``: what ``.well-known/smart-configuration`` and ``metadata`` advertise to apps.
+
+    Every URL is absolute (https, or http on loopback). The authorization server's own
+    discovery document (``openid_configuration_url``) can fill in what is not set here: config
+    wins. ``capabilities`` are checked against the rest at start-up
+    (``gateway.smart.discovery.config_problems``) and again against the merged document.
+    """
+
     authorization_endpoint: str | None = None
     token_endpoint: str | None = None
+    introspection_endpoint: str | None = None
+    revocation_endpoint: str | None = None
+    management_endpoint: str | None = None
+    registration_endpoint: str | None = None
+    jwks_uri: str | None = None
+    issuer: str | None = None
+    scopes_supported: list[str] | None = None
+    response_types_supported: list[str] | None = None
+    grant_types_supported: list[str] | None = None
+    token_endpoint_auth_methods_supported: list[str] | None = None
+    capabilities: list[
+        Literal[
+            "launch-ehr",
+            "launch-standalone",
+            "client-public",
+            "client-confidential-symmetric",
+            "context-ehr-patient",
+            "context-standalone-patient",
+            "permission-patient",
+            "permission-user",
+            "permission-v1",
+            "permission-v2",
+            "permission-offline",
+            "sso-openid-connect",
+        ]
+    ] = Field(default_factory=list)
+    openid_configuration_url: str | None = None
+    cache_ttl_s: PositiveFloat = 300.0
 
-    @field_validator("authorization_endpoint", "token_endpoint")
+    @field_validator(
+        "authorization_endpoint",
+        "token_endpoint",
+        "introspection_endpoint",
+        "revocation_endpoint",
+        "management_endpoint",
+        "registration_endpoint",
+        "jwks_uri",
+        "openid_configuration_url",
+    )
     @classmethod
     def _check_endpoint(cls, v: str | None) -> str | None:
-        return None if v is None else _absolute_http_url(v)
+        return None if v is None else _secure_url(v)
+
+    @field_validator("issuer")
+    @classmethod
+    def _check_issuer(cls, v: str | None) -> str | None:
+        if v is not None:
+            _secure_url(v)
+        return v  # an issuer is compared exactly: keep what the operator wrote
+
+    @field_validator(
+        "scopes_supported",
+        "response_types_supported",
+        "grant_types_supported",
+        "token_endpoint_auth_methods_supported",
+    )
+    @classmethod
+    def _check_list(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("must not be empty (leave it out instead)")
+            bad = [item for item in v if not item or any(c.isspace() for c in item)]
+            if bad:
+                raise ValueError(f"entries must be non-empty and without spaces: {bad}")
+            if len(set(v)) != len(v):
+                raise ValueError("lists an entry twice")
+        return v
+
+    @field_validator("capabilities")
+    @classmethod
+    def _check_capabilities(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists a capability twice")
+        return v
 
 
 class CorsConfig(_Model):
@@ -396,6 +473,10 @@ def _cross_checks(cfg: Config) -> list[str]:
     issuers = [j.issuer for j in cfg.auth.jwt]
     if len(set(issuers)) != len(issuers):
         problems.append("auth.jwt: the same issuer is listed twice")
+    # imported here: discovery uses the upstream client, which imports this module
+    from gateway.smart.discovery import config_problems
+
+    problems.extend(config_problems(cfg))
     return problems
 
 

@@ -33,6 +33,7 @@ from gateway.phi.paging import Origin, replace_links
 from gateway.phi.rules import PhiRules
 from gateway.prechecks import precheck, raise_denial
 from gateway.rewrite import SEARCHES, UpstreamRequest, plan
+from gateway.smart.discovery import Discovery
 from gateway.upstream.client import Body as Payload
 from gateway.upstream.client import UpstreamCall, UpstreamClient
 from gateway.upstream.fetch import Fetcher
@@ -58,6 +59,7 @@ class Gateway:
     access: AccessResolver
     phi: PhiRules
     cursors: CursorCodec
+    discovery: Discovery
 
     @property
     def realm(self) -> str:
@@ -70,10 +72,11 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     params, token_in_query = ingress.split_access_token(target.params)
     req = classify(request.method, ingress.with_params(target, params))
     ex.route = req.route
+    if req.interaction is Interaction.DISCOVERY:  # application/json whatever the Accept header
+        return await gw.discovery.smart_configuration_response()
     ingress.check_accept(req, request.headers.get("Accept"))
-    if req.interaction in PUBLIC:
-        public = UpstreamRequest("GET", req.target.segments, req.params)
-        return await _forward_and_respond(request, gw, req, public, None, None, None)
+    if req.interaction in PUBLIC:  # the upstream's statement, rewritten and cached
+        return await gw.discovery.capability_statement_response()
 
     # authenticate (before any body is read: anonymous callers cost nothing)
     principal = ex.principal = await gw.authenticator.authenticate(

@@ -125,6 +125,38 @@ def _codings(
     return match
 
 
+def _all(preds: tuple[Callable[[Any], bool], ...]) -> Callable[[Any], bool]:
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda x: a(x) and b(x)
+
+    def every(x: Any) -> bool:
+        for p in preds:  # noqa: SIM110 - no generator per call (hot path)
+            if not p(x):
+                return False
+        return True
+
+    return every
+
+
+def _any(preds: tuple[Callable[[Any], bool], ...]) -> Callable[[Any], bool]:
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda x: a(x) or b(x)
+
+    def some(x: Any) -> bool:
+        for p in preds:  # noqa: SIM110 - no generator per call (hot path)
+            if p(x):
+                return True
+        return False
+
+    return some
+
+
 def _same(a: Any, b: Any) -> bool:
     return a == b and isinstance(a, bool) == isinstance(b, bool)
 
@@ -141,11 +173,7 @@ class Compiler:
             return _always
         if isinstance(cond, All | Any_):
             preds = tuple(self.resource(c) for c in cond.items)
-            if len(preds) == 1:
-                return preds[0]
-            if isinstance(cond, All):
-                return lambda r: all(p(r) for p in preds)
-            return lambda r: any(p(r) for p in preds)
+            return _all(preds) if isinstance(cond, All) else _any(preds)
         if isinstance(cond, Not):
             inner = self.resource(cond.item)
             return lambda r: not inner(r)
@@ -202,9 +230,7 @@ class Compiler:
             return _always
         if isinstance(cond, All | Any_):
             preds = tuple(self.principal(c) for c in cond.items)
-            if isinstance(cond, All):
-                return lambda v: all(p(v) for p in preds)
-            return lambda v: any(p(v) for p in preds)
+            return _all(preds) if isinstance(cond, All) else _any(preds)
         if isinstance(cond, Not):
             inner = self.principal(cond.item)
             return lambda v: not inner(v)

@@ -126,10 +126,11 @@ def _safe(pred: ResourcePredicate, resource: dict[str, Any], on_error: bool) -> 
 class BoundPolicies:
     """A :class:`PolicySet` bound to one caller: principal conditions already evaluated."""
 
-    __slots__ = ("_by_type", "view")
+    __slots__ = ("_by_type", "_withheld", "view")
 
     def __init__(self, by_type: dict[str, _TypePolicies], view: PrincipalView) -> None:
         self._by_type = by_type
+        self._withheld: dict[tuple[str, ...], Outcome] = {}  # shared, immutable outcomes
         self.view = view
 
     @property
@@ -187,7 +188,12 @@ class BoundPolicies:
         errs = tuple(errors or ())
         withheld = tuple(h.id for h in hits if h.effect == "withhold" and h.id not in cancelled)
         if withheld:
-            return Outcome(visible=False, withheld_by=withheld, errors=errs)
+            if errs:
+                return Outcome(visible=False, withheld_by=withheld, errors=errs)
+            cached = self._withheld.get(withheld)
+            if cached is None:
+                cached = self._withheld[withheld] = Outcome(visible=False, withheld_by=withheld)
+            return cached
         redacts = [h for h in hits if h.effect == "redact" and h.id not in cancelled]
         if redacts:
             for h in redacts:

@@ -12,14 +12,14 @@ import copy
 import json
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from gateway.auth.bearer import TokenRejected
 from gateway.auth.principal import Principal, build_principal
-from gateway.config import ClaimNames, Config
+from gateway.config import ClaimNames
 from gateway.policy.engine import CompiledPolicy, Outcome, PolicySet, PrincipalView
 from gateway.policy.model import PolicyError
 from gateway.policy.store import load_policy_set
@@ -127,17 +127,22 @@ def format_explanation(ex: Explanation) -> str:
 
 
 def run_explain(
-    cfg: Config,
+    paths: Sequence[Path],
+    claim_names: ClaimNames,
     claims_path: str | Path,
     resource_path: str | Path,
     *,
     level: str | None = None,
     out: TextIO | None = None,
 ) -> int:
-    """The ``explain`` command: 0 when it ran (whatever the decision), 2 on bad input."""
+    """The ``explain`` command: 0 when it ran (whatever the decision), 2 on bad input.
+
+    From the CLI: ``run_explain(cfg.policies.paths, cfg.auth.claims, claims, resource,
+    level=args.level)``.
+    """
     stdout = out if out is not None else sys.stdout
     try:
-        policies = load_policy_set(cfg.policies.paths)
+        policies = load_policy_set(paths)
     except PolicyError as exc:
         print(f"{len(exc.items)} policy problem(s):", file=stdout)
         for problem in exc.items:
@@ -153,7 +158,7 @@ def run_explain(
         print("the claims and the resource must both be JSON objects", file=stdout)
         return 2
     try:
-        principal = principal_from_claims(claims, cfg.auth.claims)
+        principal = principal_from_claims(claims, claim_names)
     except TokenRejected as exc:
         print(f"the claims would be refused by the gateway ({exc.detail})", file=stdout)
         return 2

@@ -67,6 +67,10 @@ class Y:
 
     value: Any
     pos: Pos
+    keys: dict[str, Pos] | None = None  # for a mapping: where each key is
+
+    def key_pos(self, key: str) -> Pos:
+        return self.pos if self.keys is None else self.keys.get(key, self.pos)
 
     @property
     def is_map(self) -> bool:
@@ -105,6 +109,7 @@ def _convert(node: yaml.Node, loader: Any, file: str) -> Y:
     pos = _pos(node.start_mark, file)
     if isinstance(node, yaml.MappingNode):
         out: dict[str, Y] = {}
+        keys: dict[str, Pos] = {}
         for key_node, value_node in node.value:
             kpos = _pos(key_node.start_mark, file)
             if not isinstance(key_node, yaml.ScalarNode) or not isinstance(key_node.value, str):
@@ -113,7 +118,8 @@ def _convert(node: yaml.Node, loader: Any, file: str) -> Y:
             if key in out:
                 raise PolicyError([Problem(kpos, f"duplicate key {key!r}")])
             out[key] = _convert(value_node, loader, file)
-        return Y(out, pos)
+            keys[key] = kpos
+        return Y(out, pos, keys)
     if isinstance(node, yaml.SequenceNode):
         return Y([_convert(item, loader, file) for item in node.value], pos)
     if node.tag.rsplit(":", 1)[-1] in _PLAIN_TAGS:
@@ -262,7 +268,7 @@ def parse_file(text: str, file: str) -> PolicyFile:
     parser = FileParser(file)
     result = parser.document(root)
     if parser.problems:
-        raise PolicyError(parser.problems)
+        raise PolicyError(sorted(parser.problems, key=lambda p: (p.pos.line, p.pos.column)))
     return result
 
 

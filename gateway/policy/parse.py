@@ -79,11 +79,11 @@ class FileParser:
             self.err(y, f"{what} must be a mapping")
             return {}
         out: dict[str, Y] = y.value
-        for key, value in out.items():
+        for key in out:
             if key not in allowed:
-                self.err(
-                    value, f"{what}: unknown key {key!r} (allowed: {', '.join(sorted(allowed))})"
-                )
+                known = ", ".join(sorted(allowed))
+                message = f"{what}: unknown key {key!r} (allowed: {known})"
+                self.problems.append(Problem(y.key_pos(key), message))
         return out
 
     def string(self, y: Y, what: str) -> str:

@@ -164,7 +164,7 @@ REFUSED: list[tuple[str, str, Any, int]] = [
     ("GET", f"Observation?patient={A},{B}", None, 403),
     ("GET", f"Observation?patient={A}&patient={B}", None, 403),
     ("GET", f"Observation?subject:Patient={B}", None, 403),
-    ("GET", f"Observation?subject:Group=g1", None, 403),
+    ("GET", "Observation?subject:Group=g1", None, 403),
     ("GET", "Observation?patient:missing=true", None, 403),
     ("GET", f"Observation?performer=Patient/{B}", None, 403),
     ("GET", f"Observation?focus=Patient/{B}", None, 403),
@@ -194,7 +194,7 @@ REFUSED: list[tuple[str, str, Any, int]] = [
     # compartments, history, system level, operations
     ("GET", f"Patient/{B}/Observation", None, 403),
     ("GET", f"Patient/{B}/*", None, 403),
-    ("GET", f"Encounter/e1/Observation", None, 403),
+    ("GET", "Encounter/e1/Observation", None, 403),
     ("GET", "Observation/_history", None, 403),
     ("GET", "_history", None, 403),
     ("GET", "?_type=Observation", None, 403),
@@ -216,35 +216,90 @@ REFUSED: list[tuple[str, str, Any, int]] = [
     ("GET", f"Patient/{B}/$everything", None, 404),
     # writes that are judged without the upstream
     ("POST", "Observation", observation("x", B), 403),
-    ("POST", "Observation", {**observation("x", A), "performer": [{"reference": f"Patient/{B}"}]},
-     403),
+    (
+        "POST",
+        "Observation",
+        {**observation("x", A), "performer": [{"reference": f"Patient/{B}"}]},
+        403,
+    ),
     ("POST", "Observation", {**observation("x", A), "subject": {"reference": "#p1"}}, 403),
-    ("POST", "Observation", {**observation("x", A), "subject": {"identifier": {"value": "1"}}},
-     403),
+    (
+        "POST",
+        "Observation",
+        {**observation("x", A), "subject": {"identifier": {"value": "1"}}},
+        403,
+    ),
     ("POST", "Patient", {"resourceType": "Patient", "id": "new"}, 403),
     ("POST", "Observation", {"resourceType": "Condition"}, 400),
     ("DELETE", "Observation?identifier=x%7C1", None, 403),
     ("DELETE", f"Observation?patient={B}", None, 403),
     ("PUT", "Observation?identifier=x%7C1", observation("x", A), 403),
     ("PATCH", "Observation?identifier=x%7C1", [], 403),
-    ("PUT", f"Binary/bin1", {"resourceType": "Binary", "id": "bin1"}, 403),
+    ("PUT", "Binary/bin1", {"resourceType": "Binary", "id": "bin1"}, 403),
     # batch / transaction refused before sending
-    ("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": observation("x", A), "request": {"method": "POST", "url": "Observation"}},
-        {"request": {"method": "GET", "url": f"Observation?patient={B}"}},
-    ]}, 403),
-    ("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": observation("x", A), "request": {"method": "POST", "url": "Observation"}},
-        {"request": {"method": "DELETE", "url": "Observation/o1"}},
-    ]}, 403),
-    ("POST", "", {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": observation("x", B), "request": {"method": "POST", "url": "Observation"}},
-    ]}, 403),
+    (
+        "POST",
+        "",
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": observation("x", A),
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+                {"request": {"method": "GET", "url": f"Observation?patient={B}"}},
+            ],
+        },
+        403,
+    ),
+    (
+        "POST",
+        "",
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": observation("x", A),
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+                {"request": {"method": "DELETE", "url": "Observation/o1"}},
+            ],
+        },
+        403,
+    ),
+    (
+        "POST",
+        "",
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": observation("x", B),
+                    "request": {"method": "POST", "url": "Observation"},
+                },
+            ],
+        },
+        403,
+    ),
     ("POST", "", {"resourceType": "Bundle", "type": "searchset"}, 400),
-    ("POST", "", {"resourceType": "Bundle", "type": "batch", "entry": [
-        {"resource": {"resourceType": "Bundle", "type": "batch"},
-         "request": {"method": "POST", "url": "/"}},
-    ]}, 400),
+    (
+        "POST",
+        "",
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                {
+                    "resource": {"resourceType": "Bundle", "type": "batch"},
+                    "request": {"method": "POST", "url": "/"},
+                },
+            ],
+        },
+        400,
+    ),
 ]
 
 
@@ -259,9 +314,7 @@ async def test_refused_requests_never_reach_the_upstream(
     status: int,
 ) -> None:
     ctype = "application/json-patch+json" if method == "PATCH" else FHIR_JSON
-    got, headers, raw = await send(
-        gateway, method, path, a_token(issuer), body=body, content_type=ctype
-    )
+    got, _, raw = await send(gateway, method, path, a_token(issuer), body=body, content_type=ctype)
     assert got == status, raw[:300]
     if method != "HEAD":
         assert json.loads(raw)["resourceType"] == "OperationOutcome"
@@ -416,18 +469,27 @@ NARROWED: list[tuple[str, str, list[tuple[str, str]]]] = [
         "Observation",
         [("code", "c1"), ("patient", f"Patient/{A}")],
     ),
-    ("Condition?clinical-status=active", "Condition",
-     [("clinical-status", "active"), ("patient", f"Patient/{A}")]),
+    (
+        "Condition?clinical-status=active",
+        "Condition",
+        [("clinical-status", "active"), ("patient", f"Patient/{A}")],
+    ),
     ("Encounter", "Encounter", [("patient", f"Patient/{A}")]),
     ("DiagnosticReport", "DiagnosticReport", [("patient", f"Patient/{A}")]),
     ("Patient", "Patient", [("_id", A)]),
     ("Patient?name=Smith", "Patient", [("name", "Smith"), ("_id", A)]),
-    ("Patient?_revinclude=Observation:subject", "Patient",
-     [("_revinclude", "Observation:subject"), ("_id", A)]),
+    (
+        "Patient?_revinclude=Observation:subject",
+        "Patient",
+        [("_revinclude", "Observation:subject"), ("_id", A)],
+    ),
     ("AdverseEvent", "AdverseEvent", [("subject", f"Patient/{A}")]),
     ("Group", "Group", [("member", f"Patient/{A}")]),
-    ("Observation/$lastn?code=c1", "Observation/$lastn",
-     [("code", "c1"), ("patient", f"Patient/{A}")]),
+    (
+        "Observation/$lastn?code=c1",
+        "Observation/$lastn",
+        [("code", "c1"), ("patient", f"Patient/{A}")],
+    ),
 ]
 
 
@@ -500,9 +562,15 @@ async def test_clinician_search_is_not_narrowed(
 async def test_related_person_is_confined_and_looked_up_once(
     gateway: RunningGateway, fake_upstream: FakeUpstream, issuer: TestIssuer
 ) -> None:
-    related = {"resourceType": "RelatedPerson", "id": "r1", "patient": {"reference": f"Patient/{A}"}}
+    related = {
+        "resourceType": "RelatedPerson",
+        "id": "r1",
+        "patient": {"reference": f"Patient/{A}"},
+    }
     fake_upstream.reply(by_path({"RelatedPerson/r1": related}, fake_upstream.base_url))
-    token = issuer.mint(scope="openid fhirUser user/*.rs", patient=None, fhirUser="RelatedPerson/r1")
+    token = issuer.mint(
+        scope="openid fhirUser user/*.rs", patient=None, fhirUser="RelatedPerson/r1"
+    )
     for _ in range(2):
         status, _, raw = await send(gateway, "GET", "Observation?code=c1", token)
         assert status == 200, raw[:300]
@@ -522,7 +590,7 @@ async def test_patient_scope_without_patient_context_reaches_nothing(
     gateway: RunningGateway, fake_upstream: FakeUpstream, issuer: TestIssuer
 ) -> None:
     token = issuer.mint(scope="openid patient/*.rs", patient=None)
-    for path in ("Observation", f"Patient/{B}", "Patient", f"Observation/o1"):
+    for path in ("Observation", f"Patient/{B}", "Patient", "Observation/o1"):
         status, _, raw = await send(gateway, "GET", path, token)
         assert status == 403, raw[:300]
     assert fake_upstream.requests == []
@@ -580,7 +648,11 @@ async def test_confined_update_fetches_then_pins_the_version(
     [
         ("PUT", observation("o-b", A), FHIR_JSON),
         ("PUT", observation("o-b", B), FHIR_JSON),
-        ("PATCH", [{"op": "replace", "path": "/status", "value": "x"}], "application/json-patch+json"),
+        (
+            "PATCH",
+            [{"op": "replace", "path": "/status", "value": "x"}],
+            "application/json-patch+json",
+        ),
         ("DELETE", None, FHIR_JSON),
     ],
 )
@@ -608,8 +680,9 @@ async def test_writes_to_b_stop_after_the_prefetch(
 async def test_create_for_a_is_forwarded(
     gateway: RunningGateway, fake_upstream: FakeUpstream, issuer: TestIssuer
 ) -> None:
-    status, _, raw = await send(gateway, "POST", "Observation", a_token(issuer),
-                                body=observation("x", A))
+    status, _, raw = await send(
+        gateway, "POST", "Observation", a_token(issuer), body=observation("x", A)
+    )
     assert status == 201, raw[:300]
     (rec,) = fake_upstream.requests
     assert rec.method == "POST" and json.loads(rec.body)["subject"]["reference"] == f"Patient/{A}"
@@ -739,8 +812,14 @@ def _binary_routes(context: str | None) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("context", "status"),
-    [("DocumentReference/doc-a", 200), ("DocumentReference/doc-b", 404), (None, 404),
-     (f"Patient/{A}", 200), (f"Patient/{B}", 404), ("DocumentReference/absent", 404)],
+    [
+        ("DocumentReference/doc-a", 200),
+        ("DocumentReference/doc-b", 404),
+        (None, 404),
+        (f"Patient/{A}", 200),
+        (f"Patient/{B}", 404),
+        ("DocumentReference/absent", 404),
+    ],
 )
 async def test_binary_read_follows_its_security_context(
     gateway: RunningGateway,
