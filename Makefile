@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 NODE_STAMP := tests/node/node_modules/.installed-$(shell cat tests/node/package.json 2>/dev/null | cksum | cut -d' ' -f1)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint typecheck fmt generate bench clean
+.PHONY: help install chromium demo test test-fast lint typecheck fmt generate bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,10 @@ $(NODE_STAMP): tests/node/package.json
 
 node: $(NODE_STAMP) ## install the npm packages the tests use (oidc-provider, fhirclient, playwright-core)
 
+chromium: ## Debian's chromium for the browser e2e tests (apt-get as root, only when missing)
+	@test -x /usr/bin/chromium || (apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 demo: $(STAMP) ## start sekmet-fhir with synthetic patients and the gateway in front; Ctrl-C stops
 	$(VENV)/bin/fhir-gateway demo
 
@@ -36,7 +40,7 @@ lint: $(STAMP) ## ruff lint + format check
 typecheck: $(STAMP) ## mypy --strict on the package
 	$(VENV)/bin/mypy
 
-test: $(STAMP) $(NODE_STAMP) lint typecheck ## install everything and run the whole suite
+test: $(STAMP) $(NODE_STAMP) chromium lint typecheck ## install everything and run the whole suite
 	$(PY) scripts/generate_fhir_tables.py --check
 	$(PY) -m pytest -q -p no:cacheprovider
 

@@ -34,6 +34,7 @@ from gateway.handler import Gateway, handle_fhir
 from gateway.ops.logging import log
 from gateway.phi.cursors import CursorCodec
 from gateway.phi.rules import PhiRules
+from gateway.policy import PolicyStore
 from gateway.smart.discovery import Discovery
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.fetch import Fetcher
@@ -228,6 +229,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         realm=cfg.server.public_base_url,
         session=auth_session,
     )
+    policies = PolicyStore(cfg.policies.paths, poll_interval_s=cfg.policies.poll_interval_s)
+    policies.load()  # decision 17: a policy set that does not compile never takes effect
     bases = (cfg.server.public_base_url, cfg.upstream.url)
     fetcher = Fetcher(upstream, bases, cfg.server.max_response_body_bytes)
     app[GATEWAY] = Gateway(
@@ -242,8 +245,10 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         cursors=CursorCodec.from_config(cfg.phi.cursor_keys, cfg.phi.cursor_ttl_s),
         # metadata and smart-configuration: cached; the AS document comes over auth_session
         discovery=Discovery(cfg, upstream, auth_session),
+        policies=policies,
     )
     await authenticator.start()
+    await policies.start()  # SIGHUP and file polling: atomic reloads
     for warning in risky_settings(cfg):
         log(logger, logging.WARNING, "config.risky", setting=warning)
     life.started = True
@@ -252,6 +257,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         life.draining = True
+        await policies.stop()
         await authenticator.close()
         await auth_session.close()
         await upstream.close()

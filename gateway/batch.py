@@ -15,7 +15,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.access.authorize import Access
-from gateway.access.bundles import EntryDecision, authorize_entries, bundle_type, denied_entry
+from gateway.access.bundles import (
+    SINGLE_READS,
+    Binder,
+    EntryDecision,
+    Guarded,
+    authorize_entries,
+    bundle_type,
+    denied_entry,
+    not_found_entry,
+)
 from gateway.access.verify import ResourceCheck
 from gateway.errors import BadRequest, UpstreamError
 from gateway.fhir import json
@@ -37,11 +46,13 @@ async def handle_bundle(
     bases: tuple[str, ...],
     realm: str,
     limit: int,
+    bind: Binder | None = None,
+    guarded: Guarded | None = None,
 ) -> web.Response:
     doc = body.doc if body is not None else None
     btype = bundle_type(doc)
     assert isinstance(doc, dict)
-    entries = authorize_entries(accesses, doc, bases)
+    entries = authorize_entries(accesses, doc, bases, bind, guarded)
     denied = [e for e in entries if not e.decision.allowed]
     if btype == "transaction" and denied:
         raise_denial(denied[0].decision, realm)  # all or nothing: nothing is sent
@@ -103,18 +114,28 @@ def _rebuilt(entry: dict[str, Any], decision: EntryDecision) -> dict[str, Any]:
     out = copy.copy(entry)
     request = dict(entry["request"])
     request["url"] = decision.url  # validated parts plus the gateway's narrowing
+    if request.get("method") in ("GET", "HEAD"):
+        # a 304 carries no resource to verify and confirms what exists (as in handler._forward)
+        request.pop("ifNoneMatch", None)
+        request.pop("ifModifiedSince", None)
     out["request"] = request
     return out
 
 
 def _verified(entry: EntryDecision, returned: dict[str, Any], bases: tuple[str, ...]) -> Any:
     verify = entry.decision.verify
+    status = str((returned.get("response") or {}).get("status", ""))[:3]
+    single = entry.request is not None and entry.request.interaction in SINGLE_READS
+    if single and (status in ("404", "410") or "resource" not in returned):
+        # the gateway's own 404, as for a hidden resource (decision 3); a read answered
+        # without a resource (a 304) cannot be verified and would confirm what exists
+        return not_found_entry()
     if "resource" not in returned or verify is None:
         return returned
     check = ResourceCheck(verify, bases)
     if check.visible(returned["resource"]):
         return returned
-    return {"response": {"status": "404 Not Found"}}
+    return not_found_entry()
 
 
 def require_bundle_body(body: Body | None) -> None:

@@ -377,6 +377,7 @@ class PhiConfig(_Model):
 
 class PoliciesConfig(_Model):
     paths: list[ConfigPath] = Field(default_factory=list)
+    poll_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
 
 
 class LoggingConfig(_Model):

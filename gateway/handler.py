@@ -16,8 +16,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway import ingress, respond
+from gateway.access import policy_gate
 from gateway.access.authorize import authorize_any
-from gateway.access.context import AccessResolver
+from gateway.access.context import AccessResolver, bind_policies
 from gateway.access.decision import Decision
 from gateway.access.verify import verify_document
 from gateway.auth import Authenticator
@@ -31,6 +32,7 @@ from gateway.fhir.target import Target, encode_path, encode_query, parse_target
 from gateway.phi.cursors import CursorCodec, caller_binding
 from gateway.phi.paging import Origin, replace_links
 from gateway.phi.rules import PhiRules
+from gateway.policy import PolicyStore
 from gateway.prechecks import precheck, raise_denial
 from gateway.rewrite import SEARCHES, UpstreamRequest, plan
 from gateway.smart.discovery import Discovery
@@ -57,6 +59,7 @@ class Gateway:
     trusted_proxies: TrustedProxies
     fetcher: Fetcher
     access: AccessResolver
+    policies: PolicyStore
     phi: PhiRules
     cursors: CursorCodec
     discovery: Discovery
@@ -85,9 +88,12 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     body = await ingress.read_body(request, req, gw.config.server.max_request_body_bytes)
     req = _with_form(req, body, gw.realm)
     accesses = await gw.access.accesses_for(principal)
-    binding = caller_binding(principal.issuer, principal.subject, principal.client_id)
+    binding = caller_binding(
+        principal.issuer, principal.subject, principal.client_id, principal.patient
+    )
 
     # authorize (+ the checks that need the upstream: stored versions, Binary contexts)
+    policy_set = gw.policies.current  # one set for the whole request, even across a reload
     if req.interaction is Interaction.BATCH:
         require_bundle_body(body)
         return await handle_bundle(
@@ -99,6 +105,8 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
             bases=gw.fetcher.bases,
             realm=gw.realm,
             limit=gw.config.server.max_response_body_bytes,
+            bind=lambda access: bind_policies(policy_set, principal, access),
+            guarded=lambda rtype: bool(policy_set.for_type(rtype)),
         )
     origin = Origin(req.method, req.target.segments, req.params)
     link: FhirRequest | None = None
@@ -108,11 +116,20 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
         req = classify(page.method, Target(page.path, page.params))
         link = _link_request(page.link)
     decision, access = authorize_any(accesses, req)
+    if decision.allowed:  # privacy policies: bound to this caller, then probes refused
+        bound = bind_policies(policy_set, principal, access)
+        decision = policy_gate.apply_policies(req, decision, bound)
     ex.reason = decision.reason
     if not decision.allowed:
         raise_denial(decision, gw.realm)
     extra = await precheck(
-        gw.fetcher, access, req, decision, body, "If-None-Exist" in request.headers
+        gw.fetcher,
+        access,
+        req,
+        decision,
+        body,
+        "If-None-Exist" in request.headers,
+        policy_set,
     )
 
     # rewrite (GET search -> POST _search when PHI travels) + forward + filter + respond

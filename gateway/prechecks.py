@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from gateway.access.authorize import Access
@@ -21,9 +22,11 @@ from gateway.access.writes import apply_patch, check_body
 from gateway.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType
 from gateway.fhir.request import FhirRequest, Interaction
 from gateway.ingress import PATCH_TYPES, Body
+from gateway.policy import BoundPolicies, PolicySet
 from gateway.upstream.fetch import Fetcher
 
 WRITES = frozenset({Interaction.CREATE, Interaction.UPDATE, Interaction.PATCH})
+STORED_WRITES = frozenset({Interaction.UPDATE, Interaction.PATCH, Interaction.DELETE})
 
 
 async def precheck(
@@ -33,23 +36,25 @@ async def precheck(
     decision: Decision,
     body: Body | None,
     if_none_exist: bool,
+    policies: PolicySet,
 ) -> dict[str, str]:
     """Raise when the request must not be forwarded; return extra upstream headers."""
     extra: dict[str, str] = {}
-    stored: dict[str, Any] | None = None
     if decision.prefetch is Prefetch.BINARY_SECURITY_CONTEXT:
         await _binary_security_context(fetcher, access, req)
         return extra
-    if decision.prefetch is Prefetch.STORED_IN_COMPARTMENT:
-        assert req.resource_type is not None and req.id is not None
-        stored = await fetcher.get(req.resource_type, req.id)
-        if stored is None or not ResourceCheck(
-            access.verify(frozenset("cruds")), fetcher.bases
-        ).in_compartment(stored):
-            raise NotFound()
+    bound = decision.verify.policies if decision.verify is not None else None
+    guarded = req.resource_type is not None and bool(policies.for_type(req.resource_type))
+    stored: dict[str, Any] | None = None
+    if decision.prefetch is Prefetch.STORED_IN_COMPARTMENT or (
+        guarded and req.interaction in STORED_WRITES
+    ):
+        if req.id is None:  # a conditional write cannot be judged against a stored version
+            raise_denial(deny("policy.conditional-write"))
+        stored = await _stored(fetcher, access, req, bound)
         version = (stored.get("meta") or {}).get("versionId")
         if isinstance(version, str) and version:
-            extra["If-Match"] = f'W/"{version}"'
+            extra["If-Match"] = f'W/"{version}"'  # the write applies to what was checked
     if req.interaction not in WRITES or (body is not None and body.stream is not None):
         return extra  # raw Binary content: only unconfined callers get here (see authorize)
     if access.patient is not None and req.interaction is Interaction.CREATE and if_none_exist:
@@ -59,16 +64,38 @@ async def precheck(
         if body is None or body.content_type not in PATCH_TYPES:
             if access.patient is not None:
                 raise UnsupportedMediaType("Only JSON Patch is accepted for this caller.")
+            if stored is not None and policies.guarding(stored):
+                raise_denial(deny("policy.unjudgeable-patch"))  # its result cannot be judged
             return extra
         if stored is None:
-            return extra  # unconfined: the upstream applies it; nothing to prove here
+            return extra  # unconfined, unguarded: the upstream applies it
         doc = apply_patch(stored, doc)
         if doc is None:
             raise BadRequest("The JSON Patch does not apply to the stored resource.")
     denial = check_body(access, req, doc, stored, fetcher.bases)
     if denial is not None:
         raise_denial(denial)
+    if stored is not None and bound is not None and isinstance(doc, dict):
+        escaped = policies.write_escapes(stored, doc, bound.view)
+        if escaped:  # a label removed or a status changed so as to escape a policy
+            raise_denial(deny(f"policy:{escaped[0]}"))
     return extra
+
+
+async def _stored(
+    fetcher: Fetcher, access: Access, req: FhirRequest, bound: BoundPolicies | None
+) -> dict[str, Any]:
+    """The stored version a write would change: 404 unless the caller may see it."""
+    assert req.resource_type is not None and req.id is not None
+    stored = await fetcher.get(req.resource_type, req.id)
+    if stored is None:
+        raise NotFound()
+    check = ResourceCheck(access.verify(frozenset("cruds")), fetcher.bases)
+    if not check.in_compartment(stored):
+        raise NotFound()
+    if bound is not None and not bound.evaluate(copy.deepcopy(stored)).visible:
+        raise NotFound()  # a resource the caller could not read cannot be written either
+    return stored
 
 
 async def _binary_security_context(fetcher: Fetcher, access: Access, req: FhirRequest) -> None:

@@ -36,6 +36,11 @@ def search_path(req: FhirRequest) -> tuple[str, ...]:
 
 
 def plan(req: FhirRequest, params: tuple[Param, ...], rules: PhiRules) -> UpstreamRequest:
+    if req.operation == "$lastn" and req.method in ("GET", "HEAD"):
+        # a search in all but name: its (narrowed) parameters follow the PHI rules
+        if rules.transport("Observation", params) is Transport.POST:
+            return UpstreamRequest("POST", req.target.segments, (), params)
+        return UpstreamRequest("GET", req.target.segments, params)
     if req.interaction not in SEARCHES:
         method = "GET" if req.method == "HEAD" else req.method
         return UpstreamRequest(method, req.target.segments, params)

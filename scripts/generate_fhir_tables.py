@@ -144,6 +144,21 @@ def _phi_table(
     return {t: sorted(phi[t]) for t in sorted(phi) if phi[t]}
 
 
+def _reference_targets(
+    params: list[dict[str, Any]], types: set[str]
+) -> dict[str, dict[str, list[str]]]:
+    """type -> {reference parameter -> target types} (what a chain may join into)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for sp in params:
+        if sp["type"] != "reference":
+            continue
+        targets = sorted(t for t in sp.get("target", []) if t in types) or sorted(types)
+        for base in sp["base"]:
+            for t in sorted(types) if base in ABSTRACT else [base]:
+                out.setdefault(t, {})[str(sp["code"])] = targets
+    return out
+
+
 def build(source: Path) -> dict[str, object]:
     compartment = json.loads((source / "compartmentdefinition-patient.json").read_text())
     bundle = json.loads((source / "search-parameters.json").read_text())
@@ -185,6 +200,10 @@ def build(source: Path) -> dict[str, object]:
         "search_params": {t: dict(sorted(by_type[t].items())) for t in sorted(by_type)},
         "token_paths": {t: dict(sorted(tokens[t].items())) for t in sorted(tokens)},
         "phi_params": _phi_table(params, types, table),
+        "reference_targets": {
+            t: dict(sorted(refs.items()))
+            for t, refs in sorted(_reference_targets(params, types).items())
+        },
     }
 
 

@@ -119,6 +119,8 @@ def authorize(access: Access, req: FhirRequest) -> Decision:
         return _operation(access, req)
     if i is Interaction.BATCH:
         return deny("bundle.needs-body", 400)
+    if i is Interaction.PAGE:
+        return deny("page.not-here", 400)  # a cursor is opened by the handler, never here
     perm = PERMISSION[i]
     if i is Interaction.HISTORY_SYSTEM or i is Interaction.SEARCH_SYSTEM:
         return _system_level(access, req, perm)
@@ -133,7 +135,13 @@ def authorize(access: Access, req: FhirRequest) -> Decision:
     if i is Interaction.HISTORY_TYPE:
         if access.patient is not None:
             return deny("interaction.history-type")
-        return Decision(True, "allowed", params=req.params, verify=access.verify())
+        return Decision(
+            True,
+            "allowed",
+            params=req.params,
+            verify=access.verify(),
+            suppress_total=not access.plain(rtype, perm),
+        )
     if i in (Interaction.READ, Interaction.VREAD, Interaction.HISTORY_INSTANCE):
         return _read(access, req, rtype)
     return _write(access, req, rtype)
@@ -173,7 +181,8 @@ def _write(access: Access, req: FhirRequest, rtype: str) -> Decision:
 def _system_level(access: Access, req: FhirRequest, perm: str) -> Decision:
     if access.patient is not None:
         return deny(f"interaction.{req.interaction.value}")
-    types = [v for p in parse_params(req.params) if p.name == "_type" for v in p.values]
+    sparams = parse_params(req.params)
+    types = [v for p in sparams if p.name == "_type" for v in p.values]
     if req.interaction is Interaction.HISTORY_SYSTEM or not types:
         if not access.plain("*", perm):
             return deny("scope.missing", 403, f"user/*.{perm}")
@@ -183,7 +192,16 @@ def _system_level(access: Access, req: FhirRequest, perm: str) -> Decision:
                 return deny("request.unknown-type", 400)
             if not access.grants(rtype, perm):
                 return deny("scope.missing", 403, required_scope(access, rtype, perm))
-    return Decision(True, "allowed", params=req.params, verify=access.verify())
+    granular_only = any(not access.plain(t, perm) for t in types)
+    if granular_only and any(p.name == "_summary" and p.value == "count" for p in sparams):
+        return deny("count.granular")
+    return Decision(
+        True,
+        "allowed",
+        params=_result_params(req.params) if granular_only else req.params,
+        verify=access.verify(),
+        suppress_total=granular_only,
+    )
 
 
 def _compartment_search(access: Access, req: FhirRequest) -> Decision:
@@ -210,17 +228,30 @@ def _compartment_search(access: Access, req: FhirRequest) -> Decision:
         )
     if refusal:
         return refusal
+    params = list(_result_params(req.params) if pid else req.params)
+    suppress_total = ctype == "*"
+    if ctype != "*" and not access.plain(ctype, "s"):
+        if any(p.name == "_summary" and p.value == "count" for p in sparams):
+            return deny("count.granular")
+        params = [p for p in params if p[0] not in STRIPPED_WHEN_VERIFYING]
+        granular = access.granular(ctype, "s")
+        if len(granular) == 1:
+            params += list(granular[0].query)  # exact, as in _search
+        else:
+            suppress_total = True
     return Decision(
         True,
         "allowed",
-        params=_result_params(req.params) if pid else req.params,
+        params=tuple(params),
         verify=access.verify(),
-        suppress_total=ctype == "*",
+        suppress_total=suppress_total,
     )
 
 
 def _search(access: Access, req: FhirRequest, rtype: str) -> Decision:
     pid = access.patient
+    if pid is not None and rtype == "Binary":
+        return deny("interaction.binary-search")  # decision 7: only via its securityContext
     sparams = parse_params(req.params)
     params: list[Param] = list(req.params)
     suppress_total = False
@@ -276,7 +307,8 @@ def _named_patients_refusal(
         if strict and p.modifier not in (None, "Patient"):
             return deny("param.modifier")
         for value in p.values:
-            named = _patient_in_value(value, bare_is_patient=strict)
+            typed = strict or p.modifier == "Patient"  # `focus:Patient=B` is Patient/B
+            named = _patient_in_value(value, bare_is_patient=typed)
             if named is not None and named != pid:
                 return deny("compartment.other-patient")
             if strict and named is None:

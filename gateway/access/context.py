@@ -19,7 +19,8 @@ from gateway.access.authorize import ALL_LEVELS, UNCONFINED_LEVELS, Access
 from gateway.access.compartment import patient_ref_id
 from gateway.auth.principal import Principal
 from gateway.errors import Forbidden
-from gateway.smart.scopes import ScopeSet, parse_scopes
+from gateway.policy import BoundPolicies, PolicySet, PrincipalView
+from gateway.smart.scopes import Level, ScopeSet, parse_scopes
 
 #: fetches a resource from the upstream as JSON: (type, id) -> resource or None if absent
 Fetch = Callable[[str, str], Awaitable[dict[str, Any] | None]]
@@ -73,3 +74,14 @@ class AccessResolver:
             )
         self._related[related_id] = pid
         return pid
+
+
+def policy_level(access: Access) -> Level:
+    """The scope level policies judge this view by (decisions 15-16: patient-facing or not)."""
+    if access.patient is not None and "patient" in access.levels:
+        return "patient"
+    return "user" if "user" in access.scopes.levels else "system"
+
+
+def bind_policies(policies: PolicySet, principal: Principal, access: Access) -> BoundPolicies:
+    return policies.bind(PrincipalView.from_principal(principal, policy_level(access)))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from gateway.fhir.target import Param
+from gateway.policy.engine import BoundPolicies
 from gateway.smart.scopes import Level, ScopeSet
 
 
@@ -35,6 +36,8 @@ class Verify:
     levels: tuple[Level, ...]
     patient: str | None  # when set: compartment types must be in this patient's compartment
     permissions: frozenset[str] = frozenset({"r", "s"})
+    #: privacy policies bound to this caller (None: no policy applies)
+    policies: BoundPolicies | None = None
 
 
 @dataclass(frozen=True, slots=True)

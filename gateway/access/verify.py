@@ -15,6 +15,8 @@ decision 5, and nothing marks that something was hidden (decision 6).
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.access.compartment import compartment_patients, strip_foreign_contained_patients
@@ -22,17 +24,38 @@ from gateway.access.decision import Verify
 from gateway.access.granular import matches_query
 from gateway.errors import NotFound
 from gateway.fhir.tables import RESOURCE_TYPES
+from gateway.policy.engine import Outcome
 
 #: Bundles that are the server's answer (an envelope), not a stored resource of type Bundle
 ENVELOPES = frozenset({"searchset", "history", "batch-response", "transaction-response"})
 
 
+@dataclass
+class PolicyTally:
+    """What policies did to one answer, for the audit trail (ids and counts, no contents)."""
+
+    withheld: Counter[str] = field(default_factory=Counter)
+    redacted: Counter[str] = field(default_factory=Counter)
+    break_glass: set[str] = field(default_factory=set)
+    errors: int = 0
+
+    def add(self, outcome: Outcome) -> None:
+        self.withheld.update(outcome.withheld_by)
+        self.redacted.update(outcome.redacted_by)
+        if outcome.break_glass:
+            self.break_glass.update(outcome.allowed_by)
+        self.errors += len(outcome.errors)
+
+
 class ResourceCheck:
-    def __init__(self, verify: Verify, bases: tuple[str, ...]) -> None:
+    def __init__(
+        self, verify: Verify, bases: tuple[str, ...], tally: PolicyTally | None = None
+    ) -> None:
         self._v = verify
         self._bases = bases
         self.removed = 0
         self.changed = False
+        self.tally = tally if tally is not None else PolicyTally()
 
     def in_compartment(self, resource: dict[str, Any]) -> bool:
         """For a confined caller: not a compartment type, or in the patient's compartment."""
@@ -67,6 +90,14 @@ class ResourceCheck:
             if members is not None and v.patient not in members:
                 return False
             if strip_foreign_contained_patients(resource, v.patient, self._bases):
+                self.changed = True
+        if v.policies is not None:
+            outcome = v.policies.evaluate(resource)  # redactions are applied in place
+            if outcome.policy_ids or outcome.errors:
+                self.tally.add(outcome)
+            if not outcome.visible:
+                return False
+            if outcome.changed:
                 self.changed = True
         if rtype == "Bundle":
             self.filter_bundle(resource)
@@ -104,7 +135,7 @@ class ResourceCheck:
             else:
                 bundle.pop("entry", None)
         if (
-            bundle.get("type") == "searchset"
+            bundle.get("type") in ("searchset", "history")
             and "total" in bundle
             and (removed_here or suppress_total)
         ):
@@ -127,13 +158,14 @@ def verify_document(
     *,
     suppress_total: bool = False,
     whole: bool = False,
+    tally: PolicyTally | None = None,
 ) -> bool:
     """Verify a decoded response body in place. Returns True if it changed.
 
     Raises NotFound when the body is a single resource the caller may not see, or when
     ``whole`` (an instance history) and any entry had to be hidden.
     """
-    check = ResourceCheck(verify, bases)
+    check = ResourceCheck(verify, bases, tally)
     if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:
         check.filter_bundle(doc, suppress_total=suppress_total)  # the envelope, not a resource
         if whole and check.removed:

@@ -17,6 +17,7 @@ Every caller: the body's ``resourceType`` must match the URL, and an update's ``
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import jsonpatch
@@ -81,12 +82,17 @@ def apply_patch(stored: dict[str, Any], patch: Any) -> dict[str, Any] | None:
     return result if isinstance(result, dict) else None
 
 
-def _labels(resource: dict[str, Any]) -> set[tuple[Any, Any]]:
+def _labels(resource: dict[str, Any]) -> set[tuple[str, str]]:
     meta = resource.get("meta")
     security = meta.get("security") if isinstance(meta, dict) else None
     if not isinstance(security, list):
         return set()
-    return {(c.get("system"), c.get("code")) for c in security if isinstance(c, dict)}
+    # canonical JSON text: a malformed (unhashable) system or code must not raise
+    return {
+        (json.dumps(c.get("system"), sort_keys=True), json.dumps(c.get("code"), sort_keys=True))
+        for c in security
+        if isinstance(c, dict)
+    }
 
 
 def _removed_labels(stored: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -106,7 +106,9 @@ def classify(method: str, target: Target) -> FhirRequest:
         return FhirRequest(method, interaction, route, target, **kw)
 
     if n == 0:
-        if method in READS and len(target.params) == 1 and target.params[0][0] == "_cursor":
+        if method in READS and any(name == "_cursor" for name, _ in target.params):
+            if len(target.params) != 1:
+                raise InvalidTarget("A paging cursor takes no other parameters.")
             return req(Interaction.PAGE, "?_cursor")
         if method == "POST":
             return req(Interaction.BATCH, "{base}")

@@ -23,3 +23,5 @@ TOKEN_PATHS: dict[str, dict[str, list[str]]] = _data["token_paths"]
 PHI_PARAMS: dict[str, frozenset[str]] = {
     t: frozenset(codes) for t, codes in _data["phi_params"].items()
 }
+#: type -> {reference search parameter -> the types it may point at} (what a chain joins into)
+REFERENCE_TARGETS: dict[str, dict[str, list[str]]] = _data["reference_targets"]

@@ -40,8 +40,11 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(CursorData)
 
 
-def caller_binding(issuer: str | None, subject: str | None, client_id: str | None) -> str:
-    raw = "\x1f".join(x or "" for x in (issuer, subject, client_id)).encode()
+def caller_binding(
+    issuer: str | None, subject: str | None, client_id: str | None, patient: str | None = None
+) -> str:
+    """Who may follow a cursor: the same user of the same app, in the same patient context."""
+    raw = "\x1f".join(x or "" for x in (issuer, subject, client_id, patient)).encode()
     return hashlib.sha256(raw).hexdigest()[:32]
 
 

@@ -559,3 +559,39 @@ async def test_real_cursor_of_another_caller_is_404(
     other = bearer(issuer.mint(scope="user/*.cruds", patient=None, sub="another-user"))
     status, out = await get(real_gw, to_gateway(real_gw, links(doc)["next"]), other)
     assert status == 404, out
+
+
+async def test_cursor_from_a_client_post_search(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, auth: dict[str, str]
+) -> None:
+    Pager(fake_upstream, "Patient?name=PHIMARK-Smith")
+    target = URL(f"{gateway.base}/Patient/_search", encoded=True)
+    headers = {**auth, "Content-Type": FORM}
+    async with gateway.session.post(target, headers=headers, data=b"name=PHIMARK-Smith") as r:
+        assert r.status == 200
+        doc = await r.json(content_type=None)
+    fake_upstream.requests.clear()
+    status, page = await get(gateway, to_gateway(gateway, links(doc)["next"]), auth)
+    assert status == 200, page
+    [rec] = fake_upstream.requests
+    assert (rec.method, rec.raw_target) == ("POST", "/fhir/Patient/_search")
+
+
+async def test_confined_caller_follows_its_own_cursor(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, issuer: TestIssuer
+) -> None:
+    a = bearer(issuer.mint(scope="patient/*.rs", patient="A"))
+    Pager(fake_upstream, "Observation?code=x&patient=Patient/A")
+    status, doc, raw = await search(gateway, "Observation", [("code", "x")], a)
+    assert status == 200
+    assert b"Patient/A" not in raw
+    fake_upstream.requests.clear()
+    status, _ = await get(gateway, to_gateway(gateway, links(doc)["next"]), a)
+    assert status == 200
+    [rec] = fake_upstream.requests
+    assert (rec.method, rec.raw_target) == ("POST", "/fhir/Observation/_search")
+    assert parse_qsl(rec.body.decode()) == [
+        ("code", "x"),
+        ("patient", "Patient/A"),
+        ("_offset", "10"),
+    ]

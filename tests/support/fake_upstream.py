@@ -102,9 +102,10 @@ class FakeUpstream:
 def default_answer(base_url: str, rec: Recorded) -> web.Response:
     """A plausible FHIR answer: a resource for reads, a searchset for searches."""
     parts = [p for p in rec.path.split("/") if p][1:]  # drop "fhir"
-    if rec.method == "GET" and len(parts) == 2:
+    searching = bool(parts) and (parts[-1] == "_search" or parts[-1].startswith("$"))
+    if rec.method == "GET" and len(parts) == 2 and not searching:
         doc: dict[str, Any] = {"resourceType": parts[0], "id": parts[1]}
-    elif rec.method in ("POST", "PUT") and rec.body and len(parts) <= 2 and parts:
+    elif rec.method in ("POST", "PUT") and rec.body and len(parts) <= 2 and parts and not searching:
         doc = json.loads(rec.body) if rec.body.startswith(b"{") else {"resourceType": parts[0]}
         doc.setdefault("id", "new-1")
         return web.Response(

@@ -207,10 +207,12 @@ async function interaction(req, res) {
   }
   const accountId = user.patient ? `${user.fhirUser}|${user.patient}` : user.fhirUser;
   const grant = new provider.Grant({ accountId, clientId: params.client_id });
-  const oidc = requested.filter((s) => oidcScopes.includes(s));
+  // The SMART scopes are declared (so listed in scopes_supported), which makes them OIDC
+  // scopes to oidc-provider too: they are granted as both.
+  const known = requested.filter((s) => oidcScopes.includes(s) || smartScopes.includes(s));
   const resource = requested.filter((s) => smartScopes.includes(s));
-  if (oidc.length) grant.addOIDCScope(oidc.join(' '));
-  if (oidc.includes('fhirUser')) grant.addOIDCClaims(['fhirUser']);
+  if (known.length) grant.addOIDCScope(known.join(' '));
+  if (known.includes('fhirUser')) grant.addOIDCClaims(['fhirUser']);
   if (resource.length) grant.addResourceScope(audience, resource.join(' '));
   const grantId = await grant.save();
   contexts.set(grantId, { patient: user.patient, fhirUser: user.fhirUser });
