@@ -24,6 +24,7 @@ from aiohttp import web
 
 from gateway import cors as cors_rules
 from gateway.access.context import AccessResolver
+from gateway.access.verify import PolicyTally
 from gateway.auth import Authenticator
 from gateway.config import Config
 from gateway.context import EXCHANGE, Exchange, exchange
@@ -70,6 +71,17 @@ def error_response(exc: GatewayError) -> web.Response:
     return resp
 
 
+def policy_fields(tally: PolicyTally | None) -> dict[str, object]:
+    """Policy ids and counts for the log line (never resource contents)."""
+    if tally is None or not (tally.withheld or tally.redacted or tally.break_glass):
+        return {}
+    return {
+        "withheld": dict(tally.withheld),
+        "redacted": dict(tally.redacted),
+        "break_glass": sorted(tally.break_glass),
+    }
+
+
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ex = request[EXCHANGE] = Exchange(request_id(request.headers, uuid.uuid4().hex))
@@ -93,6 +105,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 reason=ex.reason,
                 latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 upstream_ms=None if ex.upstream_ms is None else round(ex.upstream_ms, 3),
+                **policy_fields(ex.policies),
             )
 
 

@@ -15,6 +15,7 @@ class Exchange:
     reason: str | None = None
     upstream_ms: float | None = None
     principal: Any = None  # gateway.auth.Principal once authenticated
+    policies: Any = None  # gateway.access.verify.PolicyTally: what privacy policies did
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -588,6 +588,12 @@ def _describe(process: subprocess.Popen[bytes]) -> str:
 # --------------------------------------------------------------------------- the gateway
 
 
+def _shipped_policies() -> list[Path]:
+    """The repository's policies/ directory (sensitive Conditions, unreleased labs)."""
+    shipped = Path(__file__).resolve().parent.parent / "policies"
+    return [shipped] if shipped.is_dir() else []
+
+
 def write_gateway_config(
     workdir: Path, *, port: int, upstream_url: str, auth: dict[str, Any]
 ) -> Path:
@@ -605,6 +611,7 @@ def write_gateway_config(
         },
         "upstream": {"url": upstream_url},
         "auth": auth,
+        "policies": {"paths": [str(p) for p in _shipped_policies()]},
         "logging": {"level": "INFO", "access_log": True},
     }
     try:
@@ -690,8 +697,14 @@ def _banner(
         f"   curl -s {auth}{base}/Patient/{first}",
         f'   curl -s {auth}"{base}/Observation?patient={first}&_count=5"',
         f'   curl -s {auth}"{base}/Condition?patient={first}"',
+        f'   curl -s {auth}"{base}/DiagnosticReport?patient={first}"',
         f"   curl -s {auth}-X POST -H 'Content-Type: application/x-www-form-urlencoded' \\",
         f"        --data 'patient={first}&category=laboratory' {base}/Observation/_search",
+        "",
+        " Privacy policies (policies/): with the patient token the PSY-labelled Condition and",
+        " the preliminary DiagnosticReport and labs are absent; the clinician token sees them.",
+        " A search with the patient token for another patient's data is refused (403), a read",
+        " of it answers 404. Paging links are opaque cursors bound to the token's user.",
         "",
         f" Ports {port} and {upstream_port} are released on exit. Press Ctrl-C to stop.",
         "=" * 78,

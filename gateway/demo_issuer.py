@@ -77,11 +77,12 @@ class DemoIssuer:
                 patient=patient_id,
                 fhirUser=f"Patient/{patient_id}",
             ),
-            "clinician (user/*.cruds)": self.mint(
+            "clinician (user/*.cruds, role sensitive-data-reader)": self.mint(
                 sub="dr-demo",
                 client_id="demo-clinician-app",
                 scope="openid fhirUser user/*.cruds",
                 fhirUser="Practitioner/demo-clinician",
+                roles=["sensitive-data-reader"],
             ),
             "backend service (system/*.rs)": self.mint(
                 sub="demo-backend", client_id="demo-backend", scope="system/*.rs"

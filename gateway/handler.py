@@ -20,7 +20,7 @@ from gateway.access import policy_gate
 from gateway.access.authorize import authorize_any
 from gateway.access.context import AccessResolver, bind_policies
 from gateway.access.decision import Decision
-from gateway.access.verify import verify_document
+from gateway.access.verify import PolicyTally, verify_document
 from gateway.auth import Authenticator
 from gateway.auth.bearer import invalid_request
 from gateway.batch import handle_bundle, require_bundle_body
@@ -184,7 +184,7 @@ async def _forward_and_respond(
                 gw.upstream,
                 gw.rewriter,
                 gw.config.server.max_response_body_bytes,
-                None if decision is None else _doc_filter(gw, decision, paging),
+                None if decision is None else _doc_filter(gw, decision, paging, request),
             )
             unchanged = (
                 respond.not_modified(request, response) if req.interaction in SINGLE else None
@@ -198,13 +198,21 @@ async def _forward_and_respond(
         call.response.release()
 
 
-def _doc_filter(gw: Gateway, decision: Decision, paging: Paging | None) -> respond.DocFilter:
+def _doc_filter(
+    gw: Gateway, decision: Decision, paging: Paging | None, request: web.Request
+) -> respond.DocFilter:
     """Verify every resource, then turn paging links into caller-bound cursors."""
     verify, bases = decision.verify, gw.fetcher.bases
+    tally = exchange(request).policies = PolicyTally()  # for the audit record
 
     def apply(doc: dict[str, Any]) -> bool:
         changed = verify is not None and verify_document(
-            doc, verify, bases, suppress_total=decision.suppress_total, whole=decision.whole
+            doc,
+            verify,
+            bases,
+            suppress_total=decision.suppress_total,
+            whole=decision.whole,
+            tally=tally,
         )
         if paging is not None and replace_links(
             doc,
