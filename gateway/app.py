@@ -2,10 +2,15 @@
 
 Middleware order (outermost first), each with one generic web concern:
 
-1. ``access_log``  — request id, timing, one JSON line per request (probes excluded).
+1. ``access_log``  — request id, timing, one JSON line per request (probes excluded); in its
+                     ``finally``: exactly one audit record per FHIR request (probes and
+                     preflights excluded), request metrics, the tracing span.
 2. ``cors``        — preflights answered here (never forwarded, no token); CORS headers on
                      every response, errors included.
 3. ``errors``      — every exception becomes an OperationOutcome; nothing else renders errors.
+4. ``limits``      — requests without a bearer token: the per-address token bucket (429), so
+                     anonymous floods cost nothing further. The per-client bucket needs the
+                     principal and is applied by the handler right after authentication.
 
 There is one route: ``dispatch`` reads the raw request target itself (aiohttp's router would
 see a normalised path), serves the probes, and hands FHIR requests to ``handler.handle_fhir``.
@@ -32,7 +37,11 @@ from gateway.errors import GatewayError, InvalidTarget, NotFound
 from gateway.fhir.outcome import FHIR_JSON, operation_outcome
 from gateway.fhir.target import parse_target
 from gateway.handler import Gateway, handle_fhir
+from gateway.ops.audit import AuditTrail, build_record
+from gateway.ops.limits import LimitedUpstreamClient, Limits, client_address
 from gateway.ops.logging import log
+from gateway.ops.metrics import Metrics, resource_type_label, status_class
+from gateway.ops.tracing import Tracing
 from gateway.phi.cursors import CursorCodec
 from gateway.phi.rules import PhiRules
 from gateway.policy import PolicyStore
@@ -58,6 +67,9 @@ CONFIG = web.AppKey("config", Config)
 GATEWAY = web.AppKey("gateway", Gateway)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 CORS = web.AppKey("cors", cors_rules.CorsPolicy)
+METRICS = web.AppKey("metrics", Metrics)
+AUDIT = web.AppKey("audit", AuditTrail)
+TRACING = web.AppKey("tracing", Tracing)
 PROBES = frozenset({"/healthz", "/readyz"})
 
 
@@ -87,12 +99,26 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     ex = request[EXCHANGE] = Exchange(request_id(request.headers, uuid.uuid4().hex))
     started = time.perf_counter()
     status = 500
+    span_ctx = request.app[TRACING].request_span(request.method)
+    span = span_ctx.__enter__()
     try:
         response = await handler(request)
         status = response.status
         return response
     finally:
+        span.finish(
+            method=request.method,
+            route=ex.route,
+            status=status,
+            interaction=ex.interaction,
+            reason=ex.reason,
+        )
+        span_ctx.__exit__(None, None, None)
         cfg = request.app[CONFIG]
+        if request.path not in PROBES and not cors_rules.is_preflight(
+            request.method, request.headers
+        ):
+            account(request, ex, status, time.perf_counter() - started)
         if cfg.logging.access_log and request.path not in PROBES:
             log(
                 access_logger,
@@ -107,6 +133,43 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 upstream_ms=None if ex.upstream_ms is None else round(ex.upstream_ms, 3),
                 **policy_fields(ex.policies),
             )
+
+
+def source_address(request: web.Request) -> str:
+    gw = request.app.get(GATEWAY)
+    trusted = gw.trusted_proxies if gw is not None else TrustedProxies(())
+    return client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+
+
+def account(request: web.Request, ex: Exchange, status: int, elapsed_s: float) -> None:
+    """The audit record and the request metrics of one FHIR request (response decided)."""
+    audit = request.app.get(AUDIT)
+    if audit is not None:
+        record = build_record(
+            ex, method=request.method, status=status, source_address=source_address(request)
+        )
+        audit.emit(record)
+    m = request.app[METRICS]
+    interaction = ex.interaction or "-"
+    reason = ex.reason or "-"
+    m.requests.labels(
+        interaction, resource_type_label(ex.resource_type), status_class(status), reason
+    ).inc()
+    m.request_duration.labels(interaction).observe(elapsed_s)
+    if ex.upstream_ms is not None:
+        m.upstream_duration.labels(interaction).observe(ex.upstream_ms / 1000)
+    if reason.startswith("upstream."):
+        m.upstream_errors.labels(reason.removeprefix("upstream.")).inc()
+    m.count_policies(ex.policies)
+
+
+@web.middleware
+async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Per-address token bucket for requests without a bearer token (before any work)."""
+    gw = request.app.get(GATEWAY)
+    if gw is not None and "Authorization" not in request.headers and request.path not in PROBES:
+        gw.limits.check_anonymous(source_address(request))
+    return await handler(request)
 
 
 @web.middleware
@@ -161,7 +224,18 @@ def probe(request: web.Request, path: str) -> web.Response:
     """``/healthz``: the process serves. ``/readyz``: ready for traffic (503 otherwise)."""
     if path == "/healthz":
         return web.json_response({"status": "ok"})
-    gw, life = request.app[GATEWAY], request.app[LIFECYCLE]
+    ready, checks = readiness(request.app)
+    return web.json_response(
+        {"status": "ready" if ready else "not-ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+def readiness(app: web.Application) -> tuple[bool, dict[str, bool]]:
+    """Whether the gateway should get traffic, and the checks behind the answer."""
+    gw, life = app.get(GATEWAY), app[LIFECYCLE]
+    if gw is None:
+        return False, {"config": True, "started": False, "draining": life.draining}
     checks = {
         "config": True,
         "upstream_session": gw.upstream.ready,
@@ -169,10 +243,7 @@ def probe(request: web.Request, path: str) -> web.Response:
         "draining": life.draining,
     }
     ready = life.started and not life.draining and gw.upstream.ready and gw.authenticator.ready
-    return web.json_response(
-        {"status": "ready" if ready else "not-ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    return ready, checks
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
@@ -198,13 +269,16 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 def build_app(cfg: Config) -> web.Application:
     app = web.Application(
-        middlewares=[access_log_middleware, cors_middleware, error_middleware],
+        middlewares=[access_log_middleware, cors_middleware, error_middleware, limits_middleware],
         client_max_size=cfg.server.max_request_body_bytes,
         handler_args={"max_field_size": cfg.server.max_header_bytes},
     )
     app[CONFIG] = cfg
     app[LIFECYCLE] = Lifecycle()
     app[CORS] = cors_rules.CorsPolicy(cfg.cors, cfg.server.base_path)
+    app[METRICS] = metrics = Metrics()
+    metrics.watch(lambda: app.get(GATEWAY))
+    app[TRACING] = Tracing(cfg.tracing)
     app.cleanup_ctx.append(_lifetime)
     app.on_response_prepare.append(security_headers)
     app.router.add_route("*", r"/{tail:[\s\S]*}", dispatch)
@@ -224,13 +298,21 @@ def risky_settings(cfg: Config) -> list[str]:
         risky.append("upstream.url is plain http: traffic to the upstream is not encrypted")
     if cfg.upstream.forward_authorization:
         risky.append("upstream.forward_authorization: client tokens are sent upstream")
+    if not cfg.audit.enabled:
+        risky.append("audit.enabled=false: requests leave no audit trail")
     return risky
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     """Start the upstream pool and the token machinery; close both at shutdown."""
-    cfg, life = app[CONFIG], app[LIFECYCLE]
-    upstream = UpstreamClient(cfg.upstream)
+    cfg, life, metrics = app[CONFIG], app[LIFECYCLE], app[METRICS]
+    log(logger, logging.INFO, "config", config=cfg.redacted())
+    limits = Limits(cfg.limits, metrics)
+    upstream = (
+        LimitedUpstreamClient(cfg.upstream, limits)
+        if cfg.limits.upstream_concurrency
+        else UpstreamClient(cfg.upstream)
+    )
     await upstream.start()
     # the authorization server gets its own pool: other host, other trust, other limits
     auth_session = aiohttp.ClientSession(
@@ -242,6 +324,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         realm=cfg.server.public_base_url,
         session=auth_session,
     )
+    if authenticator.introspector is not None:
+        authenticator.introspector.observe_latency = metrics.introspection_duration.observe
     policies = PolicyStore(cfg.policies.paths, poll_interval_s=cfg.policies.poll_interval_s)
     policies.load()  # decision 17: a policy set that does not compile never takes effect
     bases = (cfg.server.public_base_url, cfg.upstream.url)
@@ -259,7 +343,11 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         # metadata and smart-configuration: cached; the AS document comes over auth_session
         discovery=Discovery(cfg, upstream, auth_session),
         policies=policies,
+        limits=limits,
     )
+    app[AUDIT] = audit = AuditTrail.from_config(cfg.audit, metrics)
+    await audit.start()
+    app[TRACING].start()
     await authenticator.start()
     await policies.start()  # SIGHUP and file polling: atomic reloads
     for warning in risky_settings(cfg):
@@ -271,6 +359,8 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     finally:
         life.draining = True
         await policies.stop()
+        await audit.close()  # in-flight requests are done: drain the queue or spill it
+        app[TRACING].close()
         await authenticator.close()
         await auth_session.close()
         await upstream.close()

@@ -25,7 +25,7 @@ from gateway.access.bundles import (
     denied_entry,
     not_found_entry,
 )
-from gateway.access.verify import ResourceCheck
+from gateway.access.verify import ENVELOPES, PolicyTally, ResourceCheck
 from gateway.errors import BadRequest, UpstreamError
 from gateway.fhir import json
 from gateway.fhir.outcome import FHIR_JSON
@@ -48,6 +48,7 @@ async def handle_bundle(
     limit: int,
     bind: Binder | None = None,
     guarded: Guarded | None = None,
+    tally: PolicyTally | None = None,
 ) -> web.Response:
     doc = body.doc if body is not None else None
     btype = bundle_type(doc)
@@ -63,7 +64,7 @@ async def handle_bundle(
         if status >= 400:  # the upstream refused the whole Bundle: relay its outcome
             return web.Response(status=status, body=json.encode(answer), content_type=FHIR_JSON)
         for entry, returned in zip(allowed, answer["entry"], strict=True):
-            results[entry.index] = _verified(entry, returned, bases)
+            results[entry.index] = _verified(entry, returned, bases, tally)
     reply = {"resourceType": "Bundle", "type": f"{btype}-response", "entry": results}
     return web.Response(body=json.encode(reply), content_type=FHIR_JSON)
 
@@ -122,7 +123,12 @@ def _rebuilt(entry: dict[str, Any], decision: EntryDecision) -> dict[str, Any]:
     return out
 
 
-def _verified(entry: EntryDecision, returned: dict[str, Any], bases: tuple[str, ...]) -> Any:
+def _verified(
+    entry: EntryDecision,
+    returned: dict[str, Any],
+    bases: tuple[str, ...],
+    tally: PolicyTally | None = None,
+) -> Any:
     verify = entry.decision.verify
     status = str((returned.get("response") or {}).get("status", ""))[:3]
     single = entry.request is not None and entry.request.interaction in SINGLE_READS
@@ -132,8 +138,18 @@ def _verified(entry: EntryDecision, returned: dict[str, Any], bases: tuple[str, 
         return not_found_entry()
     if "resource" not in returned or verify is None:
         return returned
-    check = ResourceCheck(verify, bases)
-    if check.visible(returned["resource"]):
+    check = ResourceCheck(verify, bases, tally)
+    resource = returned["resource"]
+    if (
+        isinstance(resource, dict)
+        and resource.get("resourceType") == "Bundle"
+        and (resource.get("type") in ENVELOPES)
+    ):  # a search or history answer: decision 5 and "whole" as for a request on its own
+        check.filter_bundle(resource, suppress_total=entry.decision.suppress_total)
+        if entry.decision.whole and (check.removed or not resource.get("entry")):
+            return not_found_entry()
+        return returned
+    if check.visible(resource):
         return returned
     return not_found_entry()
 

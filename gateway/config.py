@@ -99,6 +99,8 @@ class ServerConfig(_Model):
     drain_delay_s: Annotated[float, Field(ge=0)] = 0.0
     trusted_proxies: list[str] = Field(default_factory=list)
     hsts_max_age_s: Annotated[int, Field(ge=0)] = 31536000
+    admin_port: Port | None = 9090  # /metrics, /healthz, /readyz; null: off; 0: any free port
+    admin_host: str | None = None  # null: the same address as `host`
 
     @field_validator("public_base_url")
     @classmethod
@@ -385,6 +387,70 @@ class LoggingConfig(_Model):
     access_log: bool = True
 
 
+class AuditFhirSink(_Model):
+    """``audit.fhir``: AuditEvents POSTed in batch/transaction Bundles, off the request path."""
+
+    url: str
+    bundle_type: Literal["batch", "transaction"] = "batch"
+    spill_file: ConfigPath
+    batch_size: int = Field(default=100, gt=0, le=1000)
+    flush_interval_s: PositiveFloat = 1.0
+    queue_size: int = Field(default=10000, gt=0)
+    timeout_s: PositiveFloat = 10.0
+    max_attempts: int = Field(default=5, gt=0, le=100)
+    initial_backoff_s: PositiveFloat = 0.5
+    max_backoff_s: PositiveFloat = 30.0
+    drain_timeout_s: Annotated[float, Field(ge=0)] = 5.0
+    auth: UpstreamAuth | None = None
+    ca_file: ConfigPath | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, v: str) -> str:
+        return _secure_url(v)
+
+
+class AuditConfig(_Model):
+    enabled: bool = True
+    file: ConfigPath | None = None  # JSON lines; null: stdout
+    source_id: str = Field(default="fhir-gateway", min_length=1)
+    fhir: AuditFhirSink | None = None
+
+
+class Bucket(_Model):
+    """A token bucket: ``rate_per_s`` sustained, ``burst`` at once."""
+
+    rate_per_s: PositiveFloat
+    burst: int = Field(gt=0)
+
+
+class ClientLimits(_Model):
+    patient: Bucket | None = None
+    user: Bucket | None = None
+    system: Bucket | None = None
+
+
+class LimitsConfig(_Model):
+    clients: ClientLimits = Field(default_factory=ClientLimits)
+    anonymous: Bucket | None = None
+    max_buckets: int = Field(default=100000, gt=0)
+    upstream_concurrency: int | None = Field(default=None, gt=0)
+    upstream_queue: int = Field(default=100, ge=0)
+    upstream_queue_timeout_s: PositiveFloat = 5.0
+    retry_after_s: int = Field(default=1, gt=0, le=3600)
+
+
+class TracingConfig(_Model):
+    enabled: bool = False
+    service_name: str = Field(default="fhir-gateway", min_length=1)
+    endpoint: str | None = None  # OTLP/HTTP traces endpoint; null: the exporter's default
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, v: str | None) -> str | None:
+        return None if v is None else _absolute_http_url(v)
+
+
 class Config(_Model):
     server: ServerConfig
     upstream: UpstreamConfig
@@ -394,6 +460,28 @@ class Config(_Model):
     phi: PhiConfig = Field(default_factory=PhiConfig)
     policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration for the start-up log: secrets replaced by ``***``."""
+        redacted: dict[str, Any] = _redact(self.model_dump(mode="json"))
+        return redacted
+
+
+_SECRET_KEYS = frozenset({"client_secret", "password", "cursor_keys", "value"})
+
+
+def _redact(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {
+            k: ("***" if k in _SECRET_KEYS and v not in (None, [], "") else _redact(v))
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_redact(v) for v in node]
+    return node
 
 
 # --------------------------------------------------------------------------- loading
@@ -471,6 +559,18 @@ def _cross_checks(cfg: Config) -> list[str]:
     for i, p in enumerate(cfg.policies.paths):
         if not p.exists():
             problems.append(f"policies.paths[{i}]: {p} does not exist")
+    server = cfg.server
+    if server.admin_port and server.admin_port == server.port:
+        problems.append("server.admin_port: must differ from server.port")
+    if cfg.tracing.enabled:
+        from gateway.ops.tracing import missing_packages
+
+        missing = missing_packages()
+        if missing:
+            problems.append(
+                "tracing.enabled: the OpenTelemetry packages are not installed "
+                f"({', '.join(missing)}); install the extra: pip install 'fhir-gateway[tracing]'"
+            )
     issuers = [j.issuer for j in cfg.auth.jwt]
     if len(set(issuers)) != len(issuers):
         problems.append("auth.jwt: the same issuer is listed twice")

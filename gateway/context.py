@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +16,11 @@ class Exchange:
     upstream_ms: float | None = None
     principal: Any = None  # gateway.auth.Principal once authenticated
     policies: Any = None  # gateway.access.verify.PolicyTally: what privacy policies did
+    # for the audit record (gateway.ops.audit.note_request / note_document)
+    interaction: str | None = None
+    resource_type: str | None = None
+    entities: dict[str, None] = field(default_factory=dict)  # "Type/id", in order, no repeats
+    patients: set[str] = field(default_factory=set)
 
 
 EXCHANGE = web.RequestKey("exchange", Exchange)

@@ -9,7 +9,7 @@ no stage ever lets an unchecked answer through.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -29,6 +29,8 @@ from gateway.context import exchange
 from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.fhir.request import FhirRequest, Interaction, classify
 from gateway.fhir.target import Target, encode_path, encode_query, parse_target
+from gateway.ops.audit import note_document, note_request
+from gateway.ops.limits import Limits
 from gateway.phi.cursors import CursorCodec, caller_binding
 from gateway.phi.paging import Origin, replace_links
 from gateway.phi.rules import PhiRules
@@ -63,6 +65,7 @@ class Gateway:
     phi: PhiRules
     cursors: CursorCodec
     discovery: Discovery
+    limits: Limits = field(default_factory=Limits.off)
 
     @property
     def realm(self) -> str:
@@ -75,6 +78,7 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     params, token_in_query = ingress.split_access_token(target.params)
     req = classify(request.method, ingress.with_params(target, params))
     ex.route = req.route
+    note_request(ex, req)
     if req.interaction is Interaction.DISCOVERY:  # application/json whatever the Accept header
         return await gw.discovery.smart_configuration_response()
     ingress.check_accept(req, request.headers.get("Accept"))
@@ -85,6 +89,7 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     principal = ex.principal = await gw.authenticator.authenticate(
         request.headers.get("Authorization"), token_elsewhere=token_in_query
     )
+    gw.limits.check_client(principal)  # per client id, by scope level: 429 + Retry-After
     body = await ingress.read_body(request, req, gw.config.server.max_request_body_bytes)
     req = _with_form(req, body, gw.realm)
     accesses = await gw.access.accesses_for(principal)
@@ -95,6 +100,7 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     # authorize (+ the checks that need the upstream: stored versions, Binary contexts)
     policy_set = gw.policies.current  # one set for the whole request, even across a reload
     if req.interaction is Interaction.BATCH:
+        tally = ex.policies = PolicyTally()  # batch decisions are audited too
         require_bundle_body(body)
         return await handle_bundle(
             gw.upstream,
@@ -107,6 +113,7 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
             limit=gw.config.server.max_response_body_bytes,
             bind=lambda access: bind_policies(policy_set, principal, access),
             guarded=lambda rtype: bool(policy_set.for_type(rtype)),
+            tally=tally,
         )
     origin = Origin(req.method, req.target.segments, req.params)
     link: FhirRequest | None = None
@@ -114,10 +121,11 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
         page = gw.cursors.open(req.params[0][1], binding)
         origin = Origin(page.method, page.path, page.params)
         req = classify(page.method, Target(page.path, page.params))
+        note_request(ex, req)
         link = _link_request(page.link)
     decision, access = authorize_any(accesses, req)
-    if decision.allowed:  # privacy policies: bound to this caller, then probes refused
-        bound = bind_policies(policy_set, principal, access)
+    bound = bind_policies(policy_set, principal, access) if decision.allowed else None
+    if bound is not None:  # privacy policies: bound to this caller, then probes refused
         decision = policy_gate.apply_policies(req, decision, bound)
     ex.reason = decision.reason
     if not decision.allowed:
@@ -130,6 +138,7 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
         body,
         "If-None-Exist" in request.headers,
         policy_set,
+        bound,
     )
 
     # rewrite (GET search -> POST _search when PHI travels) + forward + filter + respond
@@ -214,6 +223,7 @@ def _doc_filter(
             whole=decision.whole,
             tally=tally,
         )
+        note_document(exchange(request), doc, bases)  # what the caller gets, for the audit
         if paging is not None and replace_links(
             doc,
             public_base=gw.realm,

@@ -37,13 +37,23 @@ async def precheck(
     body: Body | None,
     if_none_exist: bool,
     policies: PolicySet,
+    caller: BoundPolicies | None = None,
 ) -> dict[str, str]:
-    """Raise when the request must not be forwarded; return extra upstream headers."""
+    """Raise when the request must not be forwarded; return extra upstream headers.
+
+    ``caller``: the policies bound to this caller (``decision.verify.policies`` is set only
+    when they may restrict what it reads; writes are judged for every caller).
+    """
     extra: dict[str, str] = {}
     if decision.prefetch is Prefetch.BINARY_SECURITY_CONTEXT:
         await _binary_security_context(fetcher, access, req)
         return extra
     bound = decision.verify.policies if decision.verify is not None else None
+    restricted = (
+        caller is not None
+        and req.resource_type is not None
+        and (caller.may_restrict(req.resource_type))
+    )
     guarded = req.resource_type is not None and bool(policies.for_type(req.resource_type))
     stored: dict[str, Any] | None = None
     if decision.prefetch is Prefetch.STORED_IN_COMPARTMENT or (
@@ -57,7 +67,9 @@ async def precheck(
             extra["If-Match"] = f'W/"{version}"'  # the write applies to what was checked
     if req.interaction not in WRITES or (body is not None and body.stream is not None):
         return extra  # raw Binary content: only unconfined callers get here (see authorize)
-    if access.patient is not None and req.interaction is Interaction.CREATE and if_none_exist:
+    if (access.patient is not None or restricted) and (
+        req.interaction is Interaction.CREATE and if_none_exist
+    ):  # the match would be an existence oracle on what the caller may not see
         raise_denial(deny("write.conditional"))
     doc = body.doc if body is not None else None
     if req.interaction is Interaction.PATCH:
@@ -75,8 +87,8 @@ async def precheck(
     denial = check_body(access, req, doc, stored, fetcher.bases)
     if denial is not None:
         raise_denial(denial)
-    if stored is not None and bound is not None and isinstance(doc, dict):
-        escaped = policies.write_escapes(stored, doc, bound.view)
+    if stored is not None and caller is not None and isinstance(doc, dict):
+        escaped = policies.write_escapes(stored, doc, caller.view)
         if escaped:  # a label removed or a status changed so as to escape a policy
             raise_denial(deny(f"policy:{escaped[0]}"))
     return extra

@@ -7,7 +7,9 @@
   renders them as OperationOutcomes and closes the connection, instead of aiohttp's default
   text answer, which quotes the offending bytes (possibly PHI).
 - SIGTERM/SIGINT: readiness turns 503, an optional drain delay lets load balancers notice,
-  then the listener closes and in-flight requests finish within ``shutdown_timeout_s``.
+  then the listener closes and in-flight requests finish within ``shutdown_timeout_s``; the
+  app's cleanup then drains the audit queue (or spills it), and the admin listener
+  (``server.admin_port``: metrics and probes) closes last.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from gateway.app import LIFECYCLE, build_app
 from gateway.config import Config
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge
 from gateway.fhir.outcome import FHIR_JSON, operation_outcome
+from gateway.ops.admin import start_admin
 from gateway.ops.logging import log
 
 logger = logging.getLogger("gateway.server")
@@ -129,6 +132,11 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         port=cfg.server.port,
         tls=cfg.server.tls is not None,
     )
+    admin: web.AppRunner | None = None
+    if cfg.server.admin_port is not None:
+        admin_host = cfg.server.admin_host or cfg.server.host
+        admin = await start_admin(app, admin_host, cfg.server.admin_port)
+        log(logger, logging.INFO, "admin-listening", host=admin_host, port=cfg.server.admin_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -142,5 +150,8 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         log(logger, logging.INFO, "draining", delay_s=cfg.server.drain_delay_s)
         if cfg.server.drain_delay_s:
             await asyncio.sleep(cfg.server.drain_delay_s)
-        await runner.cleanup()  # stops listening, waits for in-flight requests (bounded)
+        await runner.cleanup()  # stops listening, waits for in-flight requests (bounded),
+        # then the app's cleanup: audit drained or spilled, pools closed
+        if admin is not None:
+            await admin.cleanup()
         log(logger, logging.INFO, "stopped")

@@ -122,7 +122,9 @@ def _entry(
         and req.method in ("POST", "PUT")
         and req.interaction in (Interaction.CREATE, Interaction.UPDATE)
     ):
-        if access.patient is not None and isinstance(request, dict) and request.get("ifNoneExist"):
+        restricted = bound is not None and bound.may_restrict(str(req.resource_type))
+        conditional = isinstance(request, dict) and request.get("ifNoneExist")
+        if (access.patient is not None or restricted) and conditional:
             decision = deny("write.conditional")
         else:
             denial = check_body(access, req, entry.get("resource"), None, bases)

@@ -94,8 +94,14 @@ def apply_policies(req: FhirRequest, decision: Decision, bound: BoundPolicies) -
     denial = gate(req, bound)
     if denial is not None:
         return denial
+    params = tuple(  # policies judge whole resources: no element may be left out upstream
+        p
+        for p in decision.params
+        if not (p[0] == "_elements" or (p[0] == "_summary" and p[1] != "count"))
+    )
     return replace(
         decision,
+        params=params,
         verify=replace(decision.verify, policies=bound),
         suppress_total=decision.suppress_total or total_suppressed(req, bound),
     )

@@ -168,8 +168,8 @@ def verify_document(
     check = ResourceCheck(verify, bases, tally)
     if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:
         check.filter_bundle(doc, suppress_total=suppress_total)  # the envelope, not a resource
-        if whole and check.removed:
-            raise NotFound()
+        if whole and (check.removed or not doc.get("entry")):
+            raise NotFound()  # hidden, or no versions at all: the same 404 either way
     elif not check.visible(doc):
         raise NotFound()
     return check.changed

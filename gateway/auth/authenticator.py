@@ -115,6 +115,9 @@ class Authenticator:
             maxsize=cfg.token_cache_size, ttu=self._verified_until, timer=clock
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: verified-token cache lookups, for metrics
+        self.cache_hits = 0
+        self.cache_misses = 0
 
     # ------------------------------------------------------------------ lifetime
 
@@ -196,7 +199,9 @@ class Authenticator:
     async def _authenticate(self, token: str, token_fp: str) -> Principal:
         cached = self._verified.get(token_fp)
         if cached is not None and self._clock() < cached.expires_at + self._leeway:
+            self.cache_hits += 1
             return cached
+        self.cache_misses += 1
         jws = split_jws(token)
         if jws is not None:
             header, unverified = jws

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -95,6 +96,9 @@ class Introspector:
         self._inflight: dict[str, asyncio.Task[_Answer | None]] = {}
         #: number of requests sent to the endpoint; for metrics and tests
         self.request_count = 0
+        #: requests without a usable answer, and a latency observer (seconds); for metrics
+        self.failure_count = 0
+        self.observe_latency: Callable[[float], None] | None = None
 
     def cache_keys(self) -> list[str]:
         """The fingerprints currently cached (for tests and diagnostics)."""
@@ -134,13 +138,18 @@ class Introspector:
     async def _ask(self, token: str, fingerprint: str) -> _Answer | None:
         """One introspection request; ``None`` when the endpoint gave no usable answer."""
         self.request_count += 1
+        started = time.perf_counter()
         try:
             document = await self._post(token)
         except Exception as exc:  # noqa: BLE001 - any failure to get an answer is a 503
+            self.failure_count += 1
             log.warning(
                 "token introspection at %s failed (%s)", self._cfg.endpoint, type(exc).__name__
             )
             return None
+        finally:
+            if self.observe_latency is not None:
+                self.observe_latency(time.perf_counter() - started)
         answer = self._judge(document)
         if answer.expires > self._clock():
             self._cache[fingerprint] = answer

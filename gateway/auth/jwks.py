@@ -223,6 +223,8 @@ class IssuerKeys:
         self._last_attempt: float | None = None
         #: number of fetch attempts of the JWK Set (discovery not counted); for metrics/tests
         self.fetch_count = 0
+        #: failed fetch attempts (discovery included); for metrics
+        self.failure_count = 0
 
     @property
     def ready(self) -> bool:
@@ -280,6 +282,7 @@ class IssuerKeys:
             document, cache_control = await self._get_json(self._jwks_uri)
             keys = parse_jwks(document)
         except Exception as exc:  # noqa: BLE001 - never raise: a failed fetch is logged and retried
+            self.failure_count += 1
             self._jwks_uri = self._configured_jwks_uri  # rediscover next time
             log.warning(
                 "JWK Set of issuer %s could not be fetched (%s)%s",

@@ -53,8 +53,10 @@ class Problem:
 class PolicyError(ConfigError):
     """Policies that do not load or compile; ``items`` holds every :class:`Problem`."""
 
-    def __init__(self, items: list[Problem]) -> None:
+    def __init__(self, items: list[Problem], partial: PolicyFile | None = None) -> None:
         self.items = items
+        #: what did parse in a file with problems, so compilation can report its problems too
+        self.partial = partial
         super().__init__([str(p) for p in items])
 
 
@@ -268,7 +270,8 @@ def parse_file(text: str, file: str) -> PolicyFile:
     parser = FileParser(file)
     result = parser.document(root)
     if parser.problems:
-        raise PolicyError(sorted(parser.problems, key=lambda p: (p.pos.line, p.pos.column)))
+        problems = sorted(parser.problems, key=lambda p: (p.pos.line, p.pos.column))
+        raise PolicyError(problems, partial=result)
     return result
 
 

@@ -79,6 +79,8 @@ def load_policy_set(paths: Sequence[Path]) -> PolicySet:
             files.append(parse_file(text, str(path)))
         except PolicyError as exc:
             problems.extend(exc.items)
+            if exc.partial is not None:  # its well-formed policies still get compiled
+                files.append(exc.partial)
     try:
         policy_set = compile_files(files)
     except PolicyError as exc:

@@ -454,9 +454,10 @@ def rewrite_capability_statement(
     if isinstance(rests, list):
         servers = [r for r in rests if isinstance(r, dict) and r.get("mode") == "server"]
         rest_in = servers[0] if servers else {}
+    items = rest_in.get("resource")
     resources = [
         _resource(item, refused_params)
-        for item in rest_in.get("resource", [])
+        for item in (items if isinstance(items, list) else [])
         if isinstance(item, dict) and item.get("type") in RESOURCE_TYPES
     ]
     rest: dict[str, Any] = {"mode": "server"}

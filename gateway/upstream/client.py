@@ -95,6 +95,10 @@ class UpstreamClient:
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
         )
+        # aiohttp silently repeats an "idempotent" request (GET, PUT, DELETE...) once when a
+        # pooled connection turns out dead. A FHIR PUT or DELETE repeated is a second write, and
+        # the gateway promises exactly once: no hidden retries at all.
+        self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:

@@ -32,6 +32,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from gateway.config import ServerConfig
 from gateway.demo import free_port, start_gateway, stop_process, wait_until_up
 from tests.support.sekmet import RealUpstream
 
@@ -87,7 +88,7 @@ def signing_jwks() -> dict[str, Any]:
     return {"keys": [jwk]}
 
 
-def get_json(url: str, *, timeout_s: float = 5.0) -> Any:
+def get_json(url: str, *, timeout_s: float = 30.0) -> Any:
     with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # loopback URLs only
         return json.load(resp)
 
@@ -165,13 +166,16 @@ class SmartStack:
         return out
 
     def gateway_config(self) -> dict[str, Any]:
+        server: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": self.gateway_port,
+            "public_base_url": self.base,
+            "shutdown_timeout_s": 2,
+        }
+        if "admin_port" in ServerConfig.model_fields:
+            server["admin_port"] = None  # no second listener on a fixed port for the session
         return {
-            "server": {
-                "host": "127.0.0.1",
-                "port": self.gateway_port,
-                "public_base_url": self.base,
-                "shutdown_timeout_s": 2,
-            },
+            "server": server,
             "upstream": {"url": self.upstream.base_url},
             # the JWK Set is found through the server's own discovery document
             "auth": {"jwt": [{"issuer": self.issuer, "algorithms": ["RS256"]}]},
@@ -230,12 +234,15 @@ class SmartStack:
         gw_log = self.workdir / "gateway.log"
         gateway = Process("gateway", start_gateway(config, log_file=gw_log), gw_log)
         self.processes.append(gateway)
-        # ready = config loaded, upstream pool up and the issuer's keys fetched
+        # ready = config loaded, upstream pool up and the issuer's keys fetched; then the
+        # discovery documents once (their first answer fetches the upstream's and the AS's)
         self._wait(f"http://127.0.0.1:{self.gateway_port}/readyz", gateway)
+        self._wait(f"{self.base}/.well-known/smart-configuration", gateway)
+        self._wait(f"{self.base}/metadata", gateway)
 
     def _wait(self, url: str, proc: Process) -> None:
         try:
-            wait_until_up(url, timeout_s=30, process=proc.process, log_file=proc.log)
+            wait_until_up(url, timeout_s=60, process=proc.process, log_file=proc.log)
         except Exception as exc:
             self.stop()
             pytest.fail(f"the {proc.name} did not start: {exc}")

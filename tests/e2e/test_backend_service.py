@@ -30,7 +30,7 @@ def test_backend_service_searches_across_patients(smart_stack: SmartStack) -> No
         well_known["token_endpoint"],
         data={"grant_type": "client_credentials", "scope": "system/*.rs"},
         auth=BACKEND,
-        timeout=10,
+        timeout=30,
     )
     assert answer.status_code == 200, answer.text
     token = answer.json()["access_token"]
@@ -41,7 +41,7 @@ def test_backend_service_searches_across_patients(smart_stack: SmartStack) -> No
     headers = {"Authorization": f"Bearer {token}", "Accept": "application/fhir+json"}
 
     offset = smart_stack.upstream_log_offset()
-    patients = requests.get(f"{smart_stack.base}/Patient?_count=50", headers=headers, timeout=10)
+    patients = requests.get(f"{smart_stack.base}/Patient?_count=50", headers=headers, timeout=30)
     assert patients.status_code == 200
     found = {e["resource"]["id"] for e in patients.json()["entry"]}
     assert {smart_stack.patient_id(i) for i in (1, 2, 3)} <= found
@@ -52,7 +52,7 @@ def test_backend_service_searches_across_patients(smart_stack: SmartStack) -> No
         f"{smart_stack.base}/Observation/_search",
         data={**form, "category": "laboratory"},
         headers=headers,
-        timeout=10,
+        timeout=30,
     )
     assert labs.status_code == 200
     subjects = {e["resource"]["subject"]["reference"] for e in labs.json()["entry"]}
@@ -69,7 +69,7 @@ def test_backend_service_searches_across_patients(smart_stack: SmartStack) -> No
     tampered = requests.get(
         f"{smart_stack.base}/Patient?_count=1",
         headers={"Authorization": f"Bearer {token}x"},
-        timeout=10,
+        timeout=30,
     )
     assert tampered.status_code == 401
     print(f"backend service: {time.monotonic() - started:.1f} s")

@@ -24,6 +24,8 @@ from urllib.parse import quote, urlencode
 
 import pytest
 
+from gateway.demo import PatientSummary
+from tests.e2e.expectations import assert_patient_facing_view
 from tests.e2e.stack import ARTIFACTS, CLINICIAN, SmartStack
 
 Run = dict[str, Any]
@@ -72,24 +74,18 @@ def entries(result: dict[str, Any]) -> list[dict[str, Any]]:
     return pages + result["labs"] + result["conditions"]
 
 
-def assert_launched_patients_data_only(result: dict[str, Any], patient: str) -> None:
-    """What a patient-context app may see today: its patient, and that patient's data only.
-
-    The privacy-policy expectations (no sensitive Condition, no preliminary labs for
-    patient-facing access) belong here once the policies are enforced (issue 6).
-    """
-    assert result["patient"] == {"resourceType": "Patient", "id": patient}
-    seen = entries(result)
-    assert seen, "the app saw no data at all"
-    for entry in seen:
-        assert entry["subject"] == f"Patient/{patient}", entry
+def assert_app_results(result: dict[str, Any], patient: PatientSummary) -> None:
+    """The page's own results are coherent; what it received is checked by the shared list."""
+    pid = patient["patient_id"]
+    assert result["patient"] == {"resourceType": "Patient", "id": pid}
     observations = [e for page in result["pages"] for e in page["entries"]]
     assert {e["resourceType"] for e in observations} == {"Observation"}
+    ids = [e["id"] for e in observations]
+    assert len(ids) == len(set(ids)), "a page repeated an entry"
     assert {e["resourceType"] for e in result["labs"]} == {"Observation"}
     assert all("laboratory" in e["category"] for e in result["labs"])
     assert {e["resourceType"] for e in result["conditions"]} <= {"Condition"}
-    ids = [e["id"] for e in observations]
-    assert len(ids) == len(set(ids)), "a page repeated an entry"
+    assert_patient_facing_view(patient, [result["patient"], *entries(result)])
 
 
 def test_standalone_launch_reads_the_patients_data(
@@ -103,7 +99,7 @@ def test_standalone_launch_reads_the_patients_data(
     assert result["fhirUser"] == f"Patient/{p1}"
     assert "patient/*.rs" in result["scope"].split()
     assert result["refreshToken"] is True  # offline_access
-    assert_launched_patients_data_only(result, p1)
+    assert_app_results(result, smart_stack.upstream.patient(1))
 
 
 def test_observations_are_paged_with_gateway_cursors(
@@ -127,7 +123,7 @@ def test_ehr_launch_gets_the_patient_the_launch_names(
     assert result["fhirUser"] == CLINICIAN
     assert "patient/*.rs" in result["scope"].split()
     assert result["refreshToken"] is False  # no offline_access asked for
-    assert_launched_patients_data_only(result, p2)
+    assert_app_results(result, smart_stack.upstream.patient(2))
 
 
 def test_the_browser_talked_to_the_gateway_and_the_authorization_server_only(

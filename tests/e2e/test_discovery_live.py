@@ -16,7 +16,7 @@ from tests.e2e.stack import CAPABILITIES, SmartStack, get_json
 
 def fetch(url: str, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(url, headers=headers)  # loopback URLs only
-    with urllib.request.urlopen(request, timeout=10) as resp:
+    with urllib.request.urlopen(request, timeout=30) as resp:
         return resp.status, dict(resp.headers), resp.read()
 
 

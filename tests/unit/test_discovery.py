@@ -669,7 +669,8 @@ async def test_metadata_survives_the_upstream_going_down(
     gateway_factory: GatewayFactory, fake_upstream: FakeUpstream, issuer: TestIssuer
 ) -> None:
     gw = await gateway_factory(smart=smart_section(issuer, cache_ttl_s=0.2))
-    status, headers, _ = await get(gw, "metadata")  # the fake's default answer is a Bundle
+    fake_upstream.reply_json({"resourceType": "Bundle", "type": "searchset"})  # not a statement
+    status, headers, _ = await get(gw, "metadata")
     assert status == 503 and headers["Retry-After"] == "10"
     statement = upstream_statement_for(fake_upstream)
     serve_metadata(fake_upstream, statement)
