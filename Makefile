@@ -54,5 +54,10 @@ fmt: $(STAMP) ## format the code
 generate: $(STAMP) ## regenerate the FHIR tables from ../shared/fhir-r4
 	$(PY) scripts/generate_fhir_tables.py
 
+bench: $(STAMP) ## benchmarks: proxy overhead vs direct (needs wrk) and policy throughput
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
+	$(PY) bench/proxy_overhead.py
+	$(PY) bench/policy_bench.py
+
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache tests/node/node_modules

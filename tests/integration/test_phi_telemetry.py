@@ -531,11 +531,14 @@ async def test_no_phi_on_the_cli_stderr(
             "host": "127.0.0.1",
             "port": port,
             "public_base_url": PUBLIC_BASE,
+            "admin_port": None,
             "max_request_body_bytes": 4096,
         },
         "upstream": {"url": fake_upstream.base_url, "timeout_s": 0.5},
         "auth": {"jwt": [{"issuer": issuer.url, "jwks_uri": issuer.jwks_uri}]},
         "logging": {"level": "DEBUG", "access_log": True},
+        # audit records name patients by design: they go to their own file, not the log stream
+        "audit": {"file": str(tmp_path / "audit.jsonl")},
     }
     cfg_file = tmp_path / "gateway.yaml"
     cfg_file.write_text(yaml.safe_dump(config))

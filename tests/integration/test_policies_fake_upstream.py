@@ -412,7 +412,12 @@ def test_serve_refuses_to_start_with_a_broken_policy_file(tmp_path: Path) -> Non
     config.write_text(
         json.dumps(
             {
-                "server": {"host": "127.0.0.1", "port": 0, "public_base_url": PUBLIC_BASE},
+                "server": {
+                    "host": "127.0.0.1",
+                    "port": 0,
+                    "public_base_url": PUBLIC_BASE,
+                    "admin_port": None,
+                },
                 "upstream": {"url": "http://127.0.0.1:9/fhir"},
                 "auth": {
                     "jwt": [{"issuer": "https://as.example", "jwks_uri": "https://as.example/j"}]

@@ -170,6 +170,7 @@ async def test_sigterm_drains_in_flight_request_then_exits(
             "host": "127.0.0.1",
             "port": port,
             "public_base_url": PUBLIC_BASE,
+            "admin_port": None,
             "shutdown_timeout_s": 5,
         },
         "upstream": {"url": fake_upstream.base_url, "timeout_s": 10},
