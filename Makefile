@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv and install the gateway with test and demo extras
 
 $(NODE_STAMP): tests/node/package.json
-	cd tests/node && npm install --no-audit --no-fund --loglevel=error
+	cd tests/node && npm install --omit=optional --no-audit --no-fund --loglevel=error
 	@rm -f tests/node/node_modules/.installed-* && touch $@
 
 node: $(NODE_STAMP) ## install the npm packages the tests use (oidc-provider, fhirclient, playwright-core)

@@ -60,3 +60,14 @@ def assert_patient_facing_view(patient: PatientSummary, received: Iterable[Summa
             assert record["subject"] == mine, record
     keys = [(r["resourceType"], r["id"]) for r in records]
     assert all(k[1] for k in keys), "a resource without an id"
+    # the shipped privacy policies (issue 6): patient-facing apps never get these
+    withheld = (
+        {("Condition", i) for i in patient["sensitive_condition_ids"]}
+        | {("Observation", i) for i in patient["preliminary_observation_ids"]}
+        | {("DiagnosticReport", i) for i in patient["preliminary_report_ids"]}
+    )
+    assert not withheld & set(keys), "a resource withheld by a privacy policy was received"
+    for record in records:
+        assert "PSY" not in record.get("security", []), record
+        if record["resourceType"] in ("Observation", "DiagnosticReport"):
+            assert record.get("status") not in ("registered", "preliminary", "partial"), record

@@ -49,6 +49,7 @@ BROWSER_APP = "smart-browser-app"
 PYTHON_APP = ("smart-python-app", "python-app-secret-e2e-only")
 BACKEND = ("smart-backend", "backend-secret-e2e-only")
 CLINICIAN = "Practitioner/dr-ehr-1"
+REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 #: every capability the gateway can advertise: the real authorization server backs them all
 CAPABILITIES = [
     "launch-ehr",
@@ -185,6 +186,7 @@ class SmartStack:
                 "openid_configuration_url": f"{self.issuer}/.well-known/openid-configuration",
             },
             "cors": {"allowed_origins": [self.app_origin]},
+            "policies": {"paths": [str(REPO_POLICIES)]},  # the shipped privacy policies
             "logging": {"level": "INFO", "access_log": True},
         }
 

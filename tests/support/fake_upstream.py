@@ -103,8 +103,18 @@ def default_answer(base_url: str, rec: Recorded) -> web.Response:
     """A plausible FHIR answer: a resource for reads, a searchset for searches."""
     parts = [p for p in rec.path.split("/") if p][1:]  # drop "fhir"
     searching = bool(parts) and (parts[-1] == "_search" or parts[-1].startswith("$"))
-    if rec.method == "GET" and len(parts) == 2 and not searching:
-        doc: dict[str, Any] = {"resourceType": parts[0], "id": parts[1]}
+    if rec.method == "GET" and parts == ["metadata"]:  # what the gateway's discovery fetches
+        doc: dict[str, Any] = {
+            "resourceType": "CapabilityStatement",
+            "status": "active",
+            "date": "2026-01-01",
+            "kind": "instance",
+            "fhirVersion": "4.0.1",
+            "format": ["json"],
+            "rest": [{"mode": "server"}],
+        }
+    elif rec.method == "GET" and len(parts) == 2 and not searching:
+        doc = {"resourceType": parts[0], "id": parts[1]}
     elif rec.method in ("POST", "PUT") and rec.body and len(parts) <= 2 and parts and not searching:
         doc = json.loads(rec.body) if rec.body.startswith(b"{") else {"resourceType": parts[0]}
         doc.setdefault("id", "new-1")
