@@ -98,7 +98,7 @@ class UpstreamClient:
         # aiohttp silently repeats an "idempotent" request (GET, PUT, DELETE...) once when a
         # pooled connection turns out dead. A FHIR PUT or DELETE repeated is a second write, and
         # the gateway promises exactly once: no hidden retries at all.
-        self._session._retry_connection = False
+        self._session._retry_connection = False  # pinned by tests/integration/test_exactly_once.py
 
     async def close(self) -> None:
         if self._session is not None:
