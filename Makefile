@@ -54,9 +54,10 @@ fmt: $(STAMP) ## format the code
 generate: $(STAMP) ## regenerate the FHIR tables from ../shared/fhir-r4
 	$(PY) scripts/generate_fhir_tables.py
 
-bench: $(STAMP) ## benchmarks: proxy overhead vs direct (needs wrk) and policy throughput
-	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk)
-	$(PY) bench/proxy_overhead.py
+bench: $(STAMP) ## benchmarks: direct vs nginx vs gateway -> docs/performance.md; policy throughput
+	@(command -v wrk >/dev/null && (command -v nginx >/dev/null || test -x /usr/sbin/nginx)) || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx)
+	BENCH_VIA_MAKE=1 $(PY) bench/run.py $(BENCH_ARGS)
 	$(PY) bench/policy_bench.py
 
 clean: ## remove the virtual environment and caches

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
@@ -38,18 +37,11 @@ def _load(path: str, *, with_policies: bool = True) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.ops.logging import configure
-    from gateway.server import serve
+    from gateway.server import run
 
     cfg = _load(args.config)
     configure(cfg.logging.level)
-    try:
-        import uvloop  # optional: faster event loop when installed
-
-        uvloop.install()
-    except ImportError:
-        pass
-    asyncio.run(serve(cfg))
-    return 0
+    return run(cfg)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

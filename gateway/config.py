@@ -101,6 +101,7 @@ class ServerConfig(_Model):
     hsts_max_age_s: Annotated[int, Field(ge=0)] = 31536000
     admin_port: Port | None = 9090  # /metrics, /healthz, /readyz; null: off; 0: any free port
     admin_host: str | None = None  # null: the same address as `host`
+    workers: int = Field(default=1, ge=1, le=256)  # processes on one port (SO_REUSEPORT)
 
     @field_validator("public_base_url")
     @classmethod

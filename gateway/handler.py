@@ -199,12 +199,23 @@ async def _forward_and_respond(
                 respond.not_modified(request, response) if req.interaction in SINGLE else None
             )
             return response if unchanged is None else unchanged
-        if ingress.is_binary_content(req):
+        if ingress.is_binary_content(req) and _may_stream(decision):
             return await respond.stream_response(request, call, gw.rewriter)
         raise UpstreamError(reason="upstream.not-fhir")
     finally:
         exchange(request).upstream_ms = call.latency_ms
         call.response.release()
+
+
+def _may_stream(decision: Decision | None) -> bool:
+    """Raw Binary content cannot be verified: it streams only when nothing would need to judge
+    it (the type granted plainly, no policy that may restrict Binary for this caller); a
+    confined caller's Binary was already judged through its securityContext (prechecks)."""
+    v = decision.verify if decision is not None else None
+    if v is None:
+        return decision is None
+    plain = any(v.scopes.plain(level, "Binary", "r") for level in v.levels)
+    return plain and (v.policies is None or not v.policies.may_restrict("Binary"))
 
 
 def _doc_filter(

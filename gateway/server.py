@@ -10,15 +10,24 @@
   then the listener closes and in-flight requests finish within ``shutdown_timeout_s``; the
   app's cleanup then drains the audit queue (or spills it), and the admin listener
   (``server.admin_port``: metrics and probes) closes last.
+- ``server.workers: N`` (N > 1): the parent binds nothing; it forks N workers that each run
+  ``serve`` on the same port with ``SO_REUSEPORT`` (the kernel spreads connections), forwards
+  SIGTERM/SIGINT to them and waits. A worker that dies on its own stops the others (exit 1: the
+  supervisor restarts the whole gateway). The admin listener runs in worker 0 only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import logging
 import os
+import secrets
 import signal
+import socket
 import ssl
+import sys
 from typing import Any
 
 from aiohttp import http_parser, web, web_protocol, web_server
@@ -106,7 +115,13 @@ def server_ssl_context(cfg: Config) -> ssl.SSLContext | None:
     return ctx
 
 
-async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
+async def serve(
+    cfg: Config,
+    *,
+    ready: asyncio.Event | None = None,
+    reuse_port: bool = False,
+    admin: bool = True,
+) -> None:
     require_c_parser()
     app = build_app(cfg)
     runner = GatewayRunner(
@@ -122,6 +137,7 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         cfg.server.port,
         ssl_context=server_ssl_context(cfg),
         backlog=1024,
+        reuse_port=reuse_port or None,
     )
     await site.start()
     log(
@@ -132,10 +148,10 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
         port=cfg.server.port,
         tls=cfg.server.tls is not None,
     )
-    admin: web.AppRunner | None = None
-    if cfg.server.admin_port is not None:
+    admin_runner: web.AppRunner | None = None
+    if admin and cfg.server.admin_port is not None:
         admin_host = cfg.server.admin_host or cfg.server.host
-        admin = await start_admin(app, admin_host, cfg.server.admin_port)
+        admin_runner = await start_admin(app, admin_host, cfg.server.admin_port)
         log(logger, logging.INFO, "admin-listening", host=admin_host, port=cfg.server.admin_port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -152,6 +168,92 @@ async def serve(cfg: Config, *, ready: asyncio.Event | None = None) -> None:
             await asyncio.sleep(cfg.server.drain_delay_s)
         await runner.cleanup()  # stops listening, waits for in-flight requests (bounded),
         # then the app's cleanup: audit drained or spilled, pools closed
-        if admin is not None:
-            await admin.cleanup()
+        if admin_runner is not None:
+            await admin_runner.cleanup()
         log(logger, logging.INFO, "stopped")
+
+
+def _run_one(cfg: Config, *, reuse_port: bool = False, admin: bool = True) -> None:
+    """One serving process: uvloop when installed, then ``serve`` until SIGTERM/SIGINT."""
+    try:
+        import uvloop  # optional: faster event loop when installed
+
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(cfg, reuse_port=reuse_port, admin=admin))
+
+
+def _shared_cursor_key(cfg: Config) -> Config:
+    """Workers must open each other's paging cursors: one random key for all, when none is set."""
+    if cfg.phi.cursor_keys:
+        return cfg
+    key = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    phi = cfg.phi.model_copy(update={"cursor_keys": [key]})
+    return cfg.model_copy(update={"phi": phi})
+
+
+def run(cfg: Config) -> int:
+    """``fhir-gateway serve``: one process, or ``server.workers`` forked workers on one port."""
+    workers = cfg.server.workers
+    if workers <= 1:
+        _run_one(cfg)
+        return 0
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise SystemExit("server.workers > 1 needs SO_REUSEPORT (Linux)")
+    require_c_parser()
+    cfg = _shared_cursor_key(cfg)
+    stopping = False
+    children: dict[int, int] = {}  # pid -> worker index
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    # block the signals while forking: a SIGTERM now is forwarded once the handler is in place
+    sigs = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    for index in range(workers):
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 0
+            try:
+                for sig in sigs:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+                _run_one(cfg, reuse_port=True, admin=index == 0)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except BaseException:  # reported, then the worker exits non-zero
+                logger.exception("worker failed")
+                code = 1
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        children[pid] = index
+    for sig in sigs:
+        signal.signal(sig, forward)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, sigs)
+    log(logger, logging.INFO, "workers-started", workers=workers, pids=sorted(children))
+    status = 0
+    while children:
+        try:
+            pid, wstatus = os.wait()
+        except ChildProcessError:
+            break
+        if pid not in children:
+            continue
+        index = children.pop(pid)
+        code = os.waitstatus_to_exitcode(wstatus)
+        if not stopping:  # died on its own: stop the rest, let the supervisor restart us
+            log(logger, logging.ERROR, "worker-died", worker=index, pid=pid, code=code)
+            status = 1
+            forward(signal.SIGTERM, None)
+        elif code != 0:
+            status = 1
+    log(logger, logging.INFO, "workers-stopped")
+    return status
