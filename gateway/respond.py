@@ -131,16 +131,17 @@ async def stream_response(
     resp = web.StreamResponse(status=call.response.status, headers=headers)
     if call.response.content_length is not None:
         resp.content_length = call.response.content_length
-    await resp.prepare(request)
     try:
+        await resp.prepare(request)
         async for chunk in call.response.content.iter_chunked(64 * 1024):
             await resp.write(chunk)
+        await resp.write_eof()
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        # Headers are gone already: the only honest signal left is a broken connection.
+        # Headers are gone already (upstream failed, or the client went away): the only
+        # honest signal left is a broken connection.
         log(logger, logging.WARNING, "upstream.stream-aborted", error=type(exc).__name__)
         exchange(request).reason = "upstream.stream-aborted"
         if request.transport is not None:
             request.transport.abort()
         return resp
-    await resp.write_eof()
     return resp
