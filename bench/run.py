@@ -7,6 +7,8 @@ asyncio responder with bodies built once). Three targets:
 - ``direct``: wrk -> upstream
 - ``nginx``: wrk -> nginx (the Debian package; a generated plain reverse-proxy config on
   loopback, upstream keep-alive, ``worker_processes`` = the gateway's process count) -> upstream
+- ``aiohttp``: wrk -> bench/bare_proxy.py (a bare aiohttp proxy, no security: the reference for
+  what any aiohttp-based gateway can reach on the machine) -> upstream
 - ``gateway``: wrk -> gateway -> upstream with full security on: RS256 bearer token (cached
   after the first request), SMART scopes, patient narrowing (a patient-context token), GET ->
   POST ``_search`` for PHI parameters, response verification, the shipped ``policies/``, paging
@@ -22,10 +24,11 @@ Workloads (same paths for every target; the token is sent to the gateway only):
 - W4 ``GET Binary/bin-1`` (Accept: application/octet-stream): 50 MB streamed (``system/*.rs``
   token: Binary content is served only to unconfined callers)
 
-Runs are interleaved (direct, nginx, gateway, direct, ...) per workload and round; medians are
-reported. Also measured: gateway CPU seconds per 1,000 requests (utime+stime of the gateway's
-processes from /proc), peak RSS per workload (VmHWM, reset through /proc/PID/clear_refs before
-each run), W1 p99 at half of the gateway's peak rate (wrk with a Lua pacing script) and the
+Runs are interleaved (direct, nginx, aiohttp, gateway, direct, ...) per workload and round;
+medians are reported. Also measured: gateway CPU seconds per 1,000 requests (utime+stime of
+the gateway's processes from /proc), peak RSS per workload (VmHWM, reset through
+/proc/PID/clear_refs before each run), W1 p99 at half of the gateway's peak rate (wrk with a
+Lua pacing script) and the
 decimal-exact codec against the standard library on the W3 body.
 
 Usage: .venv/bin/python bench/run.py [--duration 5] [--rounds 3] [--connections 32]
@@ -65,7 +68,7 @@ from gateway.demo_issuer import DemoIssuer  # noqa: E402
 
 KEEP_MARKER = "<!-- everything below this line is kept by bench/run.py -->"
 TICK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "nginx", "gateway")
+TARGETS = ("direct", "nginx", "aiohttp", "gateway")
 WORKLOADS: dict[str, dict[str, Any]] = {
     "W1": {
         "path": "/fhir/Patient/bench-1",
@@ -322,6 +325,13 @@ def main() -> int:
     ap.add_argument("--workloads", default="W1,W2,W3,W4")
     ap.add_argument("--out", default=str(ROOT / "docs" / "performance.md"))
     ap.add_argument("--profile", metavar="WORKLOAD", help="py-spy the gateway under it, no report")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=YAML",
+        help="override a gateway config key for experiments, e.g. audit.enabled=false",
+    )
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
@@ -330,7 +340,7 @@ def main() -> int:
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
 
     tmp = Path(tempfile.mkdtemp(prefix="gw-bench-"))
-    up_port, ng_port, gw_port = free_port(), free_port(), free_port()
+    up_port, ng_port, gw_port, bare_port = free_port(), free_port(), free_port(), free_port()
     base = f"http://127.0.0.1:{gw_port}/fhir"
     issuer = DemoIssuer(audience=base).start()
     tokens = {
@@ -361,6 +371,13 @@ def main() -> int:
     }
     if args.workers == 1:
         del cfg["server"]["workers"]  # type: ignore[attr-defined]  # runs on older trees too
+    for item in args.set:
+        key, _, value = item.partition("=")
+        node: Any = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     (tmp / "gateway.yaml").write_text(yaml.safe_dump(cfg))
     py = sys.executable
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -370,16 +387,20 @@ def main() -> int:
         [nginx_bin, "-p", str(tmp), "-c", str(nginx_config(tmp, ng_port, up_port, args.workers))],
         **quiet,  # type: ignore[arg-type]
     )
+    bare = subprocess.Popen(
+        [py, str(ROOT / "bench" / "bare_proxy.py"), str(bare_port), str(up_port)]
+    )
     gateway = subprocess.Popen(
         [py, "-m", "gateway", "serve", "--config", str(tmp / "gateway.yaml")], cwd=ROOT, env=env
     )
-    procs = [gateway, nginx, upstream]
+    procs = [gateway, bare, nginx, upstream]
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
     half: dict[str, list[dict[str, float]]] = {t: [] for t in TARGETS}
     report: dict[str, Any] = {}
     try:
         wait_http(f"http://127.0.0.1:{up_port}/fhir/metadata")
         wait_http(f"http://127.0.0.1:{ng_port}/fhir/metadata")
+        wait_http(f"http://127.0.0.1:{bare_port}/fhir/metadata")
         wait_http(f"http://127.0.0.1:{gw_port}/readyz")
         time.sleep(0.5)
         gw_pids = tree(gateway.pid)
@@ -387,6 +408,7 @@ def main() -> int:
         hosts = {
             "direct": f"http://127.0.0.1:{up_port}",
             "nginx": f"http://127.0.0.1:{ng_port}",
+            "aiohttp": f"http://127.0.0.1:{bare_port}",
             "gateway": f"http://127.0.0.1:{gw_port}",
         }
 
@@ -523,20 +545,21 @@ def write_report(
         "written by hand and kept across runs. Re-run on your own hardware before quoting.",
         "",
         f"- **Command**: `{cmd}` (wrk -t1, {args.duration} s per run, {args.rounds} interleaved "
-        f"rounds direct/nginx/gateway, medians; {args.connections} connections, W3 "
+        f"rounds direct/nginx/aiohttp/gateway, medians; {args.connections} connections, W3 "
         f"{WORKLOADS['W3']['connections']}, W4 {WORKLOADS['W4']['connections']})",
         f"- **Machine**: {machine()}",
         f"- **Run**: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; gateway "
         f"`server.workers: {args.workers}`, nginx `worker_processes {args.workers}`; "
-        "load generator, upstream, nginx and gateway share the same cores",
+        "load generator, upstream, nginx and gateway share the same cores; `aiohttp` is "
+        "`bench/bare_proxy.py`, a bare aiohttp proxy without any security (reference only)",
         "- **Gateway security on**: RS256 JWT (verified once, then cached), SMART scopes, "
         "patient narrowing (patient-context token; `system/*.rs` for W4), GET -> POST `_search`, "
         "response verification, shipped `policies/`, paging cursors, audit to a file "
         f"({report.get('audit_lines', 0):,} audit records written in this run)",
         "",
         "| workload | target | requests/s | p50 ms | p99 ms | vs nginx | gateway CPU s / 1k req "
-        "| gateway peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| gateway peak RSS MB | gateway vs bare aiohttp |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for w in workloads:
         ng = med(results[(w, "nginx")], "rps")
@@ -546,12 +569,13 @@ def write_report(
             cpu = f"{med(runs, 'cpu_per_1k'):.3f}" if t == "gateway" else ""
             peak = f"{max(r['peak_mb'] for r in runs):.0f}" if t == "gateway" else ""
             label = f"{w} {WORKLOADS[w]['what']}" if t == "direct" else ""
+            vs_bare = f"{rps / med(results[(w, 'aiohttp')], 'rps'):.2f}" if t == "gateway" else ""
             extra = ""
             if w == "W4":
                 extra = f" ({rps * 50:,.0f} MB/s)"
             lines.append(
                 f"| {label} | {t} | {rps:,.1f}{extra} | {med(runs, 'p50'):.2f} | "
-                f"{med(runs, 'p99'):.2f} | {rps / ng:.2f} | {cpu} | {peak} |"
+                f"{med(runs, 'p99'):.2f} | {rps / ng:.2f} | {cpu} | {peak} | {vs_bare} |"
             )
     lines += [
         "",
@@ -584,7 +608,7 @@ def write_report(
         )
     if half["gateway"]:
         h = report["half"]
-        d99, n99, g99 = (med(half[t], "p99") for t in TARGETS)
+        d99, n99, _, g99 = (med(half[t], "p99") for t in TARGETS)
         added = g99 - d99
         g_rps = med(half["gateway"], "rps")
         floors.append(
