@@ -168,3 +168,33 @@ def test_base_with_regex_metacharacters_is_literal() -> None:
     assert rw.rewrite_header("http://upXexample/fhirr4/Patient/1") == (
         "http://upXexample/fhirr4/Patient/1"
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        f"{UP}/Patient/1",
+        UP,
+        f"{UP}?_offset=10",
+        "HTTP://LEGACY-FHIR:8080/fhir/Patient/1",
+        f"{UP}X/Patient",
+        "http://legacy-fhir:8080/blobs/1.png",
+        f'<a href="{UP}/Patient/1">x</a>',
+        "http://other:8080/fhir/Patient/1",
+        "plain text",
+    ],
+)
+def test_bytes_rewrite_matches_the_document_walk(rw: UrlRewriter, value: str) -> None:
+    """The one-pass byte rewrite and the per-string walk give the same document."""
+    import json
+
+    doc: dict[str, Any] = {"resourceType": "Bundle", "entry": [{"fullUrl": value, "x": [value]}]}
+    walked = copy.deepcopy(doc)
+    rw.rewrite_json(walked)
+    raw = json.dumps(doc).encode()
+    assert json.loads(rw.rewrite_bytes(raw)) == walked
+
+
+def test_escaped_urls_are_left_for_the_walk(rw: UrlRewriter) -> None:
+    raw = b'{"url": "http:\\/\\/legacy-fhir:8080\\/fhir\\/Patient\\/1"}'
+    assert rw.mentions_upstream(rw.rewrite_bytes(raw))  # the caller then walks the document
