@@ -31,11 +31,12 @@ import ssl
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
 import aiohttp
+import msgspec
 
 from gateway.access.compartment import compartment_patients, patient_ref_id
 from gateway.config import AuditConfig, AuditFhirSink, UpstreamAuth
@@ -90,11 +91,16 @@ class AuditRecord:
     break_glass_policies: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        # a shallow copy (asdict deep-copies every value: measurable on the hot path)
+        out = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        out["policies"] = {k: dict(v) for k, v in self.policies.items()}
         out["entities"] = list(self.entities)
         out["patients"] = list(self.patients)
         out["break_glass_policies"] = list(self.break_glass_policies)
         return out
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
 def _now() -> str:
@@ -324,6 +330,9 @@ def audit_event(record: AuditRecord, source_id: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- sinks
 
 
+_line_encoder = msgspec.json.Encoder()
+
+
 class JsonLinesSink:
     """One JSON line per record, to ``path`` (appended) or stdout."""
 
@@ -344,7 +353,7 @@ class JsonLinesSink:
     def emit(self, record: AuditRecord) -> None:
         out = self._out or sys.stdout
         try:
-            out.write(json.dumps(record.to_json(), separators=(",", ":")) + "\n")
+            out.write(_line_encoder.encode(record.to_json()).decode("utf-8") + "\n")
             out.flush()
         except (OSError, ValueError) as exc:
             log(
