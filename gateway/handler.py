@@ -17,15 +17,15 @@ from multidict import CIMultiDict
 
 from gateway import ingress, respond
 from gateway.access import policy_gate
-from gateway.access.authorize import authorize_any
+from gateway.access.authorize import Access, authorize_any
 from gateway.access.context import AccessResolver, bind_policies
 from gateway.access.decision import Decision
 from gateway.access.verify import PolicyTally, verify_document
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, Principal
 from gateway.auth.bearer import invalid_request
 from gateway.batch import handle_bundle, require_bundle_body
 from gateway.config import Config
-from gateway.context import exchange
+from gateway.context import Exchange, exchange
 from gateway.errors import GatewayError, NotFound, UpstreamError
 from gateway.fhir.request import FhirRequest, Interaction, classify
 from gateway.fhir.target import Target, encode_path, encode_query, parse_target
@@ -34,7 +34,7 @@ from gateway.ops.limits import Limits
 from gateway.phi.cursors import CursorCodec, caller_binding
 from gateway.phi.paging import Origin, replace_links
 from gateway.phi.rules import PhiRules
-from gateway.policy import PolicyStore
+from gateway.policy import PolicySet, PolicyStore
 from gateway.prechecks import precheck, raise_denial
 from gateway.rewrite import SEARCHES, UpstreamRequest, plan
 from gateway.smart.discovery import Discovery
@@ -99,30 +99,12 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
 
     # authorize (+ the checks that need the upstream: stored versions, Binary contexts)
     policy_set = gw.policies.current  # one set for the whole request, even across a reload
-    if req.interaction is Interaction.BATCH:
-        tally = ex.policies = PolicyTally()  # batch decisions are audited too
-        require_bundle_body(body)
-        return await handle_bundle(
-            gw.upstream,
-            gw.rewriter,
-            _upstream_headers(request, gw),
-            accesses,
-            body,
-            bases=gw.fetcher.bases,
-            realm=gw.realm,
-            limit=gw.config.server.max_response_body_bytes,
-            bind=lambda access: bind_policies(policy_set, principal, access),
-            guarded=lambda rtype: bool(policy_set.for_type(rtype)),
-            tally=tally,
-        )
+    if req.interaction is Interaction.BATCH:  # every entry judged like its own request
+        return await _bundle(request, gw, principal, accesses, body, policy_set)
     origin = Origin(req.method, req.target.segments, req.params)
     link: FhirRequest | None = None
     if req.interaction is Interaction.PAGE:  # a cursor: re-authorize the original request
-        page = gw.cursors.open(req.params[0][1], binding)
-        origin = Origin(page.method, page.path, page.params)
-        req = classify(page.method, Target(page.path, page.params))
-        note_request(ex, req)
-        link = _link_request(page.link)
+        req, origin, link = _follow_cursor(gw, ex, req, binding)
     decision, access = authorize_any(accesses, req)
     bound = bind_policies(policy_set, principal, access) if decision.allowed else None
     if bound is not None:  # privacy policies: bound to this caller, then probes refused
@@ -150,6 +132,42 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
         body = None  # search parameters travel in `upstream`, never as the client's bytes
     paging = Paging(origin, binding)
     return await _forward_and_respond(request, gw, req, upstream, body, decision, paging, extra)
+
+
+async def _bundle(
+    request: web.Request,
+    gw: Gateway,
+    principal: Principal,
+    accesses: tuple[Access, ...],
+    body: ingress.Body | None,
+    policy_set: PolicySet,
+) -> web.Response:
+    tally = exchange(request).policies = PolicyTally()  # batch decisions are audited too
+    require_bundle_body(body)
+    return await handle_bundle(
+        gw.upstream,
+        gw.rewriter,
+        _upstream_headers(request, gw),
+        accesses,
+        body,
+        bases=gw.fetcher.bases,
+        realm=gw.realm,
+        limit=gw.config.server.max_response_body_bytes,
+        bind=lambda access: bind_policies(policy_set, principal, access),
+        guarded=lambda rtype: bool(policy_set.for_type(rtype)),
+        tally=tally,
+    )
+
+
+def _follow_cursor(
+    gw: Gateway, ex: Exchange, req: FhirRequest, binding: str
+) -> tuple[FhirRequest, Origin, FhirRequest]:
+    """Open a paging cursor (400/404 if it is not this caller's): the original request to
+    authorize again, its origin for the next cursors, and the upstream page link."""
+    page = gw.cursors.open(req.params[0][1], binding)
+    original = classify(page.method, Target(page.path, page.params))
+    note_request(ex, original)
+    return original, Origin(page.method, page.path, page.params), _link_request(page.link)
 
 
 def _link_request(link: str) -> FhirRequest:
