@@ -16,7 +16,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
 import yaml
@@ -245,6 +245,24 @@ class AuthConfig(_Model):
     token_cache_max_ttl_s: PositiveFloat = 300.0
 
 
+#: the SMART capabilities the gateway can advertise (SMART App Launch 2.x, section 2.3.3)
+Capability = Literal[
+    "launch-ehr",
+    "launch-standalone",
+    "client-public",
+    "client-confidential-symmetric",
+    "context-ehr-patient",
+    "context-standalone-patient",
+    "permission-patient",
+    "permission-user",
+    "permission-v1",
+    "permission-v2",
+    "permission-offline",
+    "sso-openid-connect",
+]
+CAPABILITIES: tuple[str, ...] = get_args(Capability)
+
+
 class SmartConfig(_Model):
     """``smart``: what ``.well-known/smart-configuration`` and ``metadata`` advertise to apps.
 
@@ -266,22 +284,7 @@ class SmartConfig(_Model):
     response_types_supported: list[str] | None = None
     grant_types_supported: list[str] | None = None
     token_endpoint_auth_methods_supported: list[str] | None = None
-    capabilities: list[
-        Literal[
-            "launch-ehr",
-            "launch-standalone",
-            "client-public",
-            "client-confidential-symmetric",
-            "context-ehr-patient",
-            "context-standalone-patient",
-            "permission-patient",
-            "permission-user",
-            "permission-v1",
-            "permission-v2",
-            "permission-offline",
-            "sso-openid-connect",
-        ]
-    ] = Field(default_factory=list)
+    capabilities: list[Capability] = Field(default_factory=list)
     openid_configuration_url: str | None = None
     cache_ttl_s: PositiveFloat = 300.0
 

@@ -32,6 +32,7 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from gateway.config import CAPABILITIES as ALL_CAPABILITIES
 from gateway.config import ServerConfig
 from gateway.demo import free_port, start_gateway, stop_process, wait_until_up
 from tests.support.sekmet import RealUpstream
@@ -51,20 +52,7 @@ BACKEND = ("smart-backend", "backend-secret-e2e-only")
 CLINICIAN = "Practitioner/dr-ehr-1"
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 #: every capability the gateway can advertise: the real authorization server backs them all
-CAPABILITIES = [
-    "launch-ehr",
-    "launch-standalone",
-    "client-public",
-    "client-confidential-symmetric",
-    "context-ehr-patient",
-    "context-standalone-patient",
-    "permission-patient",
-    "permission-user",
-    "permission-v1",
-    "permission-v2",
-    "permission-offline",
-    "sso-openid-connect",
-]
+CAPABILITIES = list(ALL_CAPABILITIES)
 
 
 def require_tools() -> str:
