@@ -57,7 +57,8 @@ generate: $(STAMP) ## regenerate the FHIR tables from ../shared/fhir-r4
 bench: $(STAMP) ## benchmarks: direct vs nginx vs gateway -> docs/performance.md; policy throughput
 	@(command -v wrk >/dev/null && (command -v nginx >/dev/null || test -x /usr/sbin/nginx)) || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx)
-	BENCH_VIA_MAKE=1 $(PY) bench/run.py $(BENCH_ARGS)
+	BENCH_VIA_MAKE=1 $(PY) bench/run.py --upstream aiohttp $(BENCH_ARGS)
+	BENCH_VIA_MAKE=1 $(PY) bench/run.py --upstream asyncio $(BENCH_ARGS)
 	$(PY) bench/policy_bench.py
 
 clean: ## remove the virtual environment and caches

@@ -1,7 +1,10 @@
 """A fast static FHIR responder for benchmarks: the gateway, not the upstream, is the bottleneck.
 
-Run: python bench/static_upstream.py PORT. Not a FHIR server: a bare asyncio protocol (on uvloop
-when installed) with HTTP/1.1 keep-alive that answers from bodies built once at start-up:
+Run: python bench/static_upstream.py PORT [asyncio|aiohttp]. Not a FHIR server: it answers from
+bodies built once at start-up, either from a bare asyncio protocol (``asyncio``, the default: on
+uvloop, tens of thousands of requests/s, faster than nginx can proxy) or from a minimal
+``aiohttp.web`` application (``aiohttp``: a few thousand requests/s, still several times what
+any proxy in front of it can forward, so the proxy stays the bottleneck):
 
 - ``GET .../Patient/{id}``: a ~2 KB Patient (``bench-1``)
 - ``GET|POST .../Observation[/_search]``: a searchset Bundle of laboratory Observations for
@@ -19,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import ClassVar
+from typing import Any, ClassVar
 
 PATIENT_ID = "bench-1"
 BINARY_BYTES = 50 * 1024 * 1024
@@ -174,14 +177,50 @@ def build_answers(port: int) -> dict[str, bytes]:
     }
 
 
+def aiohttp_app(port: int) -> Any:
+    """The same answers from a minimal aiohttp.web application."""
+    from aiohttp import web
+
+    base = f"http://127.0.0.1:{port}/fhir"
+    o50, o1000 = observation_bundle(50, base), observation_bundle(1000, base)
+    fhir = FHIR.decode()
+    binary = bytes(BINARY_BYTES)
+
+    async def answer(request: web.Request) -> web.Response:
+        path = request.path
+        if "/Observation" in path:
+            form = await request.read()
+            big = "_count=1000" in request.query_string or b"_count=1000" in form
+            body = o1000 if big else o50
+            return web.Response(body=body, headers={"Content-Type": fhir})
+        if "/Binary/" in path:
+            return web.Response(body=binary, headers={"Content-Type": "application/octet-stream"})
+        if "/Patient/" in path:
+            return web.Response(body=PATIENT_BODY, headers={"Content-Type": fhir})
+        if path.endswith("/metadata"):
+            return web.Response(body=METADATA, headers={"Content-Type": fhir})
+        msg = b'{"resourceType":"OperationOutcome","issue":[]}'
+        return web.Response(status=404, body=msg, headers={"Content-Type": fhir})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
 def main() -> None:
     port = int(sys.argv[1])
+    kind = sys.argv[2] if len(sys.argv) > 2 else "asyncio"
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
+    if kind == "aiohttp":
+        from aiohttp import web
+
+        web.run_app(aiohttp_app(port), host="127.0.0.1", port=port, access_log=None, print=None)
+        return
     Responder.answers = build_answers(port)
 
     async def run() -> None:

@@ -19,8 +19,8 @@ see a normalised path), serves the probes, and hands FHIR requests to ``handler.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -96,7 +96,7 @@ def policy_fields(tally: PolicyTally | None) -> dict[str, object]:
 
 @web.middleware
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    ex = request[EXCHANGE] = Exchange(request_id(request.headers, uuid.uuid4().hex))
+    ex = request[EXCHANGE] = Exchange(request_id(request.headers, os.urandom(16).hex()))
     started = time.perf_counter()
     status = 500
     span_ctx = request.app[TRACING].request_span(request.method)
@@ -152,14 +152,13 @@ def account(request: web.Request, ex: Exchange, status: int, elapsed_s: float) -
     m = request.app[METRICS]
     interaction = ex.interaction or "-"
     reason = ex.reason or "-"
-    m.requests.labels(
-        interaction, resource_type_label(ex.resource_type), status_class(status), reason
-    ).inc()
-    m.request_duration.labels(interaction).observe(elapsed_s)
+    rtype = resource_type_label(ex.resource_type)
+    m.child(m.requests, interaction, rtype, status_class(status), reason).inc()
+    m.child(m.request_duration, interaction).observe(elapsed_s)
     if ex.upstream_ms is not None:
-        m.upstream_duration.labels(interaction).observe(ex.upstream_ms / 1000)
+        m.child(m.upstream_duration, interaction).observe(ex.upstream_ms / 1000)
     if reason.startswith("upstream."):
-        m.upstream_errors.labels(reason.removeprefix("upstream.")).inc()
+        m.child(m.upstream_errors, reason.removeprefix("upstream.")).inc()
     m.count_policies(ex.policies)
 
 

@@ -87,10 +87,9 @@ async def json_response(
     status = call.response.status
     if not body:
         return web.Response(status=status, headers=headers)
-    if rewriter.mentions_upstream(body):
-        body = rewriter.rewrite_bytes(body)
+    body, escaped = rewriter.rewrite_bytes(body)
     doc = decode_resource(body)  # fail closed on anything unparseable
-    changed = rewriter.mentions_upstream(body) and rewriter.rewrite_json(doc)  # escaped forms
+    changed = escaped and rewriter.rewrite_json(doc)  # what the byte pass cannot see
     if doc_filter is not None:
         try:
             changed = doc_filter(doc) or changed

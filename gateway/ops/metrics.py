@@ -14,7 +14,7 @@ keep plain integer attributes and do not depend on this module.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -45,6 +45,7 @@ class Metrics:
     """The metric objects of one gateway. Create one per application (tests run several)."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -134,15 +135,25 @@ class Metrics:
         for limit in ("client", "anonymous", "concurrency"):
             self.rate_limited.labels(limit)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: ``labels()`` takes a lock and validates on
+        every call, a measurable share of a small request. Label values are bounded (checked
+        by the label-discipline test), so the cache is too."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
+
     def count_policies(self, tally: PolicyTally | None) -> None:
         if tally is None:
             return
         for policy, n in tally.withheld.items():
-            self.policy_withheld.labels(policy).inc(n)
+            self.child(self.policy_withheld, policy).inc(n)
         for policy, n in tally.redacted.items():
-            self.policy_redacted.labels(policy).inc(n)
+            self.child(self.policy_redacted, policy).inc(n)
         for policy in tally.break_glass:
-            self.break_glass.labels(policy).inc()
+            self.child(self.break_glass, policy).inc()
 
     def watch(self, gateway: Callable[[], Gateway | None]) -> None:
         """Expose the counters of the gateway's components (read at scrape time)."""

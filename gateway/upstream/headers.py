@@ -10,6 +10,7 @@ connection; a client's values are used only when the connection comes from a tru
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -118,8 +119,13 @@ class ProxyView:
 class TrustedProxies:
     def __init__(self, networks: Iterable[str]) -> None:
         self._networks = [ipaddress.ip_network(n, strict=False) for n in networks]
+        # asked twice per request for the same few peers: parse each address once
+        self._lookup = functools.lru_cache(maxsize=4096)(self._parse_and_match)
 
     def __contains__(self, address: str) -> bool:
+        return bool(self._networks) and self._lookup(address)
+
+    def _parse_and_match(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -31,11 +31,23 @@ class UrlRewriter:
         self._origin_pattern = re.compile(rf"https?://(?:{hosts})(?=[/?#\s\"'<>]|$)", re.I)
         parts = urlsplit(self._public)
         self._public_origin = f"{parts.scheme}://{parts.netloc}"
-        # the same two rules on raw JSON bytes (a string ends at `"`, an escape starts at `\`):
-        # one C-speed pass over the body instead of a walk over every decoded string
+        # the same two rules on raw JSON bytes (a string ends at `"`, an escape starts at `\`),
+        # as one case-sensitive pattern of lower-case literals behind the literal prefix
+        # ``http``, run over ``body.lower()``: the regex engine then scans at C speed (``re.I``
+        # and top-level alternation on bytes are 10-20x slower), and the match positions map
+        # 1:1 onto the original bytes (``bytes.lower`` keeps every length)
+        if not all(b.lower().startswith(("http://", "https://")) for b in self._bases):
+            raise ValueError("upstream bases must be http(s) URLs")
         end = rb"(?=[/?#\s\"'<>\\]|$)"
-        self._pattern_b = re.compile(rb"(?:" + alternatives.encode() + rb")" + end, re.I)
-        self._origin_b = re.compile(rb"https?://(?:" + hosts.encode() + rb")" + end, re.I)
+        bases_b = b"|".join(
+            re.escape(b.lower().encode()[4:]) for b in sorted(self._bases, key=len, reverse=True)
+        )
+        hosts_b = b"|".join(
+            re.escape(n.encode()) for n in sorted(self._netlocs, key=len, reverse=True)
+        )
+        base_b = rb"(?P<base>" + bases_b + rb")" + end
+        origin_b = rb"s?://(?:" + hosts_b + rb")" + end
+        self._raw = re.compile(rb"http(?:" + base_b + rb"|" + origin_b + rb")")
         self._public_b = self._public.encode()
         self._public_origin_b = self._public_origin.encode()
 
@@ -43,11 +55,30 @@ class UrlRewriter:
         lowered = body.lower()
         return any(n in lowered for n in self._needles)
 
-    def rewrite_bytes(self, body: bytes) -> bytes:
-        """Rewrite upstream URLs in raw JSON bytes (``mentions_upstream`` tells whether an
-        escaped form, e.g. ``http:\\/\\/host``, is left for ``rewrite_json``)."""
-        body = self._pattern_b.sub(lambda _: self._public_b, body)
-        return self._origin_b.sub(lambda _: self._public_origin_b, body)
+    def rewrite_bytes(self, body: bytes) -> tuple[bytes, bool]:
+        """Rewrite upstream URLs in raw JSON bytes in one pass.
+
+        Returns the new bytes and whether an upstream host is still mentioned (an escaped
+        form such as ``http:\\/\\/host``): then the caller walks the decoded document too.
+        """
+        lowered = body.lower()
+        if not any(n in lowered for n in self._needles):
+            return body, False
+        parts: list[bytes] = []
+        lowered_parts: list[bytes] = []
+        last = 0
+        for match in self._raw.finditer(lowered):
+            start, stop = match.span()
+            new = self._public_b if match.lastgroup == "base" else self._public_origin_b
+            parts += (body[last:start], new)
+            lowered_parts += (lowered[last:start], new.lower())
+            last = stop
+        if not parts:
+            return body, True
+        parts.append(body[last:])
+        lowered_parts.append(lowered[last:])
+        rest = b"".join(lowered_parts)
+        return b"".join(parts), any(n in rest for n in self._needles)
 
     def _sub(self, value: str) -> str:
         value = self._pattern.sub(self._public, value)

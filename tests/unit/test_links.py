@@ -192,9 +192,13 @@ def test_bytes_rewrite_matches_the_document_walk(rw: UrlRewriter, value: str) ->
     walked = copy.deepcopy(doc)
     rw.rewrite_json(walked)
     raw = json.dumps(doc).encode()
-    assert json.loads(rw.rewrite_bytes(raw)) == walked
+    rewritten, escaped = rw.rewrite_bytes(raw)
+    assert json.loads(rewritten) == walked
+    assert escaped is False
 
 
 def test_escaped_urls_are_left_for_the_walk(rw: UrlRewriter) -> None:
     raw = b'{"url": "http:\\/\\/legacy-fhir:8080\\/fhir\\/Patient\\/1"}'
-    assert rw.mentions_upstream(rw.rewrite_bytes(raw))  # the caller then walks the document
+    rewritten, escaped = rw.rewrite_bytes(raw)
+    assert rewritten == raw
+    assert escaped is True  # the caller then walks the document
