@@ -20,7 +20,7 @@ from gateway.access import policy_gate
 from gateway.access.authorize import Access, authorize_any
 from gateway.access.context import AccessResolver, bind_policies
 from gateway.access.decision import Decision
-from gateway.access.verify import PolicyTally, verify_document
+from gateway.access.verify import Members, PolicyTally, verify_document
 from gateway.auth import Authenticator, Principal
 from gateway.auth.bearer import invalid_request
 from gateway.batch import handle_bundle, require_bundle_body
@@ -244,6 +244,7 @@ def _doc_filter(
     tally = exchange(request).policies = PolicyTally()  # for the audit record
 
     def apply(doc: dict[str, Any]) -> bool:
+        members: Members = {}
         changed = verify is not None and verify_document(
             doc,
             verify,
@@ -251,8 +252,9 @@ def _doc_filter(
             suppress_total=decision.suppress_total,
             whole=decision.whole,
             tally=tally,
+            members=members,
         )
-        note_document(exchange(request), doc, bases)  # what the caller gets, for the audit
+        note_document(exchange(request), doc, bases, members)  # what the caller gets: audit
         if paging is not None and replace_links(
             doc,
             public_base=gw.realm,

@@ -31,6 +31,7 @@ Rules the gateway relies on (the tests pin each of them):
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -102,7 +103,7 @@ def _relative(reference: str, bases: tuple[str, ...]) -> str | None:
     return None
 
 
-def patient_ref_id(reference: str, bases: tuple[str, ...] = ()) -> str | None:
+def patient_ref_id(reference: object, bases: tuple[str, ...] = ()) -> str | None:
     """The Patient id ``reference`` points to, or None if it is not a provable Patient reference.
 
     Accepted: ``Patient/{id}``, ``Patient/{id}/_history/{v}``, and the same after one of the
@@ -110,6 +111,13 @@ def patient_ref_id(reference: str, bases: tuple[str, ...] = ()) -> str | None:
     ``[A-Za-z0-9\\-.]{1,64}``. Everything else is None: ``#contained``, ``urn:uuid:``,
     other types, other hosts, query form, percent-encoding, trailing slashes, whitespace.
     """
+    if not isinstance(reference, str):
+        return None
+    return _patient_ref_id(reference, bases)
+
+
+@functools.lru_cache(maxsize=16_384)  # a Bundle repeats the same few references many times
+def _patient_ref_id(reference: str, bases: tuple[str, ...]) -> str | None:
     if reference.startswith(_PATIENT_PREFIX):
         return _split_id(reference[8:])
     rel = _relative(reference, bases) if "://" in reference else None

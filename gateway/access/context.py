@@ -19,7 +19,7 @@ from gateway.access.authorize import ALL_LEVELS, UNCONFINED_LEVELS, Access
 from gateway.access.compartment import patient_ref_id
 from gateway.auth.principal import Principal
 from gateway.errors import Forbidden
-from gateway.policy import BoundPolicies, PolicySet, PrincipalView
+from gateway.policy import BoundPolicies, PolicySet
 from gateway.smart.scopes import Level, ScopeSet, parse_scopes
 
 #: fetches a resource from the upstream as JSON: (type, id) -> resource or None if absent
@@ -84,4 +84,4 @@ def policy_level(access: Access) -> Level:
 
 
 def bind_policies(policies: PolicySet, principal: Principal, access: Access) -> BoundPolicies:
-    return policies.bind(PrincipalView.from_principal(principal, policy_level(access)))
+    return policies.bind_principal(principal, policy_level(access))

@@ -47,15 +47,35 @@ class PolicyTally:
         self.errors += len(outcome.errors)
 
 
+#: the compartment members computed for each resource object of one answer, keyed by ``id()``
+#: with the object itself (held, so no id is reused): verification computes them, the audit
+#: record reuses them
+Members = dict[int, "tuple[dict[str, Any], set[str] | None]"]
+
+
+def known_members(memo: Members | None, resource: dict[str, Any]) -> tuple[bool, set[str] | None]:
+    """(True, members) when ``memo`` holds them for this very object, else (False, None)."""
+    found = memo.get(id(resource)) if memo else None
+    if found is None or found[0] is not resource:
+        return False, None
+    return True, found[1]
+
+
 class ResourceCheck:
     def __init__(
-        self, verify: Verify, bases: tuple[str, ...], tally: PolicyTally | None = None
+        self,
+        verify: Verify,
+        bases: tuple[str, ...],
+        tally: PolicyTally | None = None,
+        members: Members | None = None,
     ) -> None:
         self._v = verify
         self._bases = bases
         self.removed = 0
         self.changed = False
         self.tally = tally if tally is not None else PolicyTally()
+        self.members: Members = members if members is not None else {}
+        self._plain: dict[str, bool] = {}  # resource type -> granted plainly (scopes are fixed)
 
     def in_compartment(self, resource: dict[str, Any]) -> bool:
         """For a confined caller: not a compartment type, or in the patient's compartment."""
@@ -78,7 +98,11 @@ class ResourceCheck:
             self.filter_bundle(resource)  # e.g. a search answered inside a batch-response
             return True
         v = self._v
-        plain = any(v.scopes.plain(lv, rtype, p) for lv in v.levels for p in v.permissions)
+        plain = self._plain.get(rtype)
+        if plain is None:
+            plain = self._plain[rtype] = any(
+                v.scopes.plain(lv, rtype, p) for lv in v.levels for p in v.permissions
+            )
         if not plain:
             granular = [
                 s for lv in v.levels for p in v.permissions for s in v.scopes.granular(lv, rtype, p)
@@ -87,6 +111,7 @@ class ResourceCheck:
                 return False
         if v.patient is not None:
             members = compartment_patients(resource, self._bases)
+            self.members[id(resource)] = (resource, members)
             if members is not None and v.patient not in members:
                 return False
             if strip_foreign_contained_patients(resource, v.patient, self._bases):
@@ -159,13 +184,15 @@ def verify_document(
     suppress_total: bool = False,
     whole: bool = False,
     tally: PolicyTally | None = None,
+    members: Members | None = None,
 ) -> bool:
     """Verify a decoded response body in place. Returns True if it changed.
 
     Raises NotFound when the body is a single resource the caller may not see, or when
-    ``whole`` (an instance history) and any entry had to be hidden.
+    ``whole`` (an instance history) and any entry had to be hidden. ``members`` collects the
+    compartment members computed on the way (for the audit record).
     """
-    check = ResourceCheck(verify, bases, tally)
+    check = ResourceCheck(verify, bases, tally, members)
     if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:
         check.filter_bundle(doc, suppress_total=suppress_total)  # the envelope, not a resource
         if whole and (check.removed or not doc.get("entry")):

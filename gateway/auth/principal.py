@@ -15,6 +15,7 @@ expected shape is refused (``TokenRejected`` → 401), never half-accepted.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import math
 import re
@@ -100,6 +101,7 @@ def _fhir_id(claims: Mapping[str, Any], name: str) -> str | None:
     return value
 
 
+@functools.lru_cache(maxsize=4096)  # asked several times per request for the same few users
 def parse_fhir_user(value: str) -> tuple[str, str] | None:
     """Split a SMART ``fhirUser`` into ``(type, id)``, or ``None`` if it is not acceptable.
 

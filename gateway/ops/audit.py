@@ -39,6 +39,7 @@ import aiohttp
 import msgspec
 
 from gateway.access.compartment import compartment_patients, patient_ref_id
+from gateway.access.verify import Members, known_members
 from gateway.config import AuditConfig, AuditFhirSink, UpstreamAuth
 from gateway.context import Exchange
 from gateway.ops.logging import log
@@ -140,8 +141,11 @@ def note_request(ex: Exchange, req: Any) -> None:
                     ex.patients.add(pid)
 
 
-def note_document(ex: Exchange, doc: dict[str, Any], bases: tuple[str, ...] = ()) -> None:
-    """The resources an answer carries after verification (what the client actually got)."""
+def note_document(
+    ex: Exchange, doc: dict[str, Any], bases: tuple[str, ...] = (), memo: Members | None = None
+) -> None:
+    """The resources an answer carries after verification (what the client actually got);
+    ``memo``: compartment members verification already computed."""
     if doc.get("resourceType") == "Bundle" and doc.get("type") in (
         "searchset",
         "history",
@@ -151,17 +155,23 @@ def note_document(ex: Exchange, doc: dict[str, Any], bases: tuple[str, ...] = ()
         for entry in doc.get("entry") or ():
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if isinstance(resource, dict):
-                _note_resource(ex, resource, bases)
+                _note_resource(ex, resource, bases, memo)
     else:
-        _note_resource(ex, doc, bases)
+        _note_resource(ex, doc, bases, memo)
 
 
-def _note_resource(ex: Exchange, resource: dict[str, Any], bases: tuple[str, ...]) -> None:
+def _note_resource(
+    ex: Exchange, resource: dict[str, Any], bases: tuple[str, ...], memo: Members | None
+) -> None:
     rtype, rid = resource.get("resourceType"), resource.get("id")
     if not isinstance(rtype, str) or rtype == "OperationOutcome":
         return
     if isinstance(rid, str):
         ex.entities[f"{rtype}/{rid}"] = None
+    known, members = known_members(memo, resource)
+    if known:
+        ex.patients.update(members or ())
+        return
     # malformed data: the ids already noted are what can be said
     with contextlib.suppress(TypeError, ValueError, AttributeError):
         ex.patients.update(compartment_patients(resource, bases) or ())

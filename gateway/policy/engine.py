@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cachetools import LRUCache
+
 from gateway.auth.principal import Principal
 from gateway.policy.model import Effect, Pos
 from gateway.smart.scopes import Level
@@ -265,6 +267,10 @@ class PolicySet:
         self._by_type: dict[str, tuple[CompiledPolicy, ...]] = {
             t: tuple(ps) for t, ps in grouped.items()
         }
+        # bound sets per caller, reused across requests: keyed by the caller's token and scope
+        # level, valid for the very Principal object (verified tokens are cached as one object)
+        self._bound: LRUCache[tuple[str, Level | None], tuple[Principal, BoundPolicies]]
+        self._bound = LRUCache(maxsize=4096)
 
     def __len__(self) -> int:
         return len(self.policies)
@@ -292,6 +298,16 @@ class PolicySet:
             if restricting:
                 out[rtype] = _TypePolicies(tuple(restricting), tuple(exceptions))
         return BoundPolicies(out, view)
+
+    def bind_principal(self, principal: Principal, level: Level | None) -> BoundPolicies:
+        """:meth:`bind` for this principal at this level, remembered for the same principal."""
+        key = (principal.fingerprint, level)
+        found = self._bound.get(key)
+        if found is not None and found[0] is principal:
+            return found[1]
+        bound = self.bind(PrincipalView.from_principal(principal, level))
+        self._bound[key] = (principal, bound)
+        return bound
 
     def evaluate(self, resource: dict[str, Any], view: PrincipalView) -> Outcome:
         """One-off evaluation; for many resources, :meth:`bind` once and reuse."""

@@ -65,20 +65,23 @@ class UrlRewriter:
         if not any(n in lowered for n in self._needles):
             return body, False
         parts: list[bytes] = []
-        lowered_parts: list[bytes] = []
         last = 0
         for match in self._raw.finditer(lowered):
             start, stop = match.span()
             new = self._public_b if match.lastgroup == "base" else self._public_origin_b
             parts += (body[last:start], new)
-            lowered_parts += (lowered[last:start], new.lower())
             last = stop
         if not parts:
             return body, True
         parts.append(body[last:])
-        lowered_parts.append(lowered[last:])
-        rest = b"".join(lowered_parts)
-        return b"".join(parts), any(n in rest for n in self._needles)
+        out = b"".join(parts)
+        matches = len(parts) // 2
+        if len(self._needles) == 1:
+            # every match holds the host exactly once and no occurrence can straddle a match
+            # (a host has no boundary character): equal counts mean none is left over
+            return out, lowered.count(self._needles[0]) != matches
+        lowered_out = out.lower()
+        return out, any(n in lowered_out for n in self._needles)
 
     def _sub(self, value: str) -> str:
         value = self._pattern.sub(self._public, value)

@@ -202,3 +202,33 @@ def test_escaped_urls_are_left_for_the_walk(rw: UrlRewriter) -> None:
     rewritten, escaped = rw.rewrite_bytes(raw)
     assert rewritten == raw
     assert escaped is True  # the caller then walks the document
+
+
+@pytest.mark.parametrize(
+    ("raw", "left_over"),
+    [
+        (
+            b'{"a": "http://legacy-fhir:8080/fhir/Patient/1", "b": "HTTP://Legacy-FHIR:8080/x"}',
+            False,
+        ),
+        (b'{"a": "http://legacy-fhir:8080/fhir/Patient/1", "b": "host legacy-fhir:8080"}', True),
+        (b'{"a": "legacy-fhir:8080"}', True),
+        (b'{"a": "http://elsewhere/fhir"}', False),
+    ],
+    ids=["all-rewritten", "bare-host-in-text", "only-bare-host", "no-mention"],
+)
+def test_bytes_rewrite_reports_what_it_left(rw: UrlRewriter, raw: bytes, left_over: bool) -> None:
+    rewritten, escaped = rw.rewrite_bytes(raw)
+    assert escaped is left_over
+    assert b"http://legacy-fhir:8080" not in rewritten.lower()
+
+
+def test_bytes_rewrite_with_two_upstream_hosts() -> None:
+    rw = UrlRewriter(["http://up-a/fhir", "http://up-b:81/fhir"], PUBLIC)
+    raw = b'{"x": "http://up-a/fhir/Patient/1", "y": "http://UP-B:81/fhir/Patient/2"}'
+    rewritten, escaped = rw.rewrite_bytes(raw)
+    assert rewritten == (
+        b'{"x": "' + PUBLIC.encode() + b'/Patient/1", "y": "' + PUBLIC.encode() + b'/Patient/2"}'
+    )
+    assert escaped is False
+    assert rw.rewrite_bytes(b'{"x": "http:\\/\\/up-b:81\\/fhir"}')[1] is True
