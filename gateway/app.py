@@ -1,16 +1,18 @@
 """Build the aiohttp application: lifetimes, middlewares, the single dispatch route.
 
-Middleware order (outermost first), each with one generic web concern:
+One middleware (``edge_middleware``: one coroutine frame per request instead of four) holds
+the generic web concerns, outermost first:
 
-1. ``access_log``  — request id, timing, one JSON line per request (probes excluded); in its
-                     ``finally``: exactly one audit record per FHIR request (probes and
-                     preflights excluded), request metrics, the tracing span.
-2. ``cors``        — preflights answered here (never forwarded, no token); CORS headers on
-                     every response, errors included.
-3. ``errors``      — every exception becomes an OperationOutcome; nothing else renders errors.
-4. ``limits``      — requests without a bearer token: the per-address token bucket (429), so
-                     anonymous floods cost nothing further. The per-client bucket needs the
-                     principal and is applied by the handler right after authentication.
+1. access log  — request id, timing, one JSON line per request (probes excluded); in its
+                 ``finally``: exactly one audit record per FHIR request (probes and
+                 preflights excluded), request metrics, the tracing span.
+2. CORS        — preflights answered here (never forwarded, no token); CORS headers on
+                 every response, errors included (``security_headers``, the prepare hook).
+3. errors      — every exception becomes an OperationOutcome (``render_error``); nothing else
+                 renders errors.
+4. limits      — requests without a bearer token: the per-address token bucket (429), so
+                 anonymous floods cost nothing further. The per-client bucket needs the
+                 principal and is applied by the handler right after authentication.
 
 There is one route: ``dispatch`` reads the raw request target itself (aiohttp's router would
 see a normalised path), serves the probes, and hands FHIR requests to ``handler.handle_fhir``.
@@ -95,14 +97,34 @@ def policy_fields(tally: PolicyTally | None) -> dict[str, object]:
 
 
 @web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The generic web concerns of every request, outermost first (see the module docstring)."""
     ex = request[EXCHANGE] = Exchange(request_id(request.headers, os.urandom(16).hex()))
     started = time.perf_counter()
     status = 500
+    preflight = cors_rules.is_preflight(request.method, request.headers)
     span_ctx = request.app[TRACING].request_span(request.method)
     span = span_ctx.__enter__()
+    response: web.StreamResponse
     try:
-        response = await handler(request)
+        if preflight:  # answered here: never forwarded, no token needed
+            policy: cors_rules.CorsPolicy = request.app[CORS]
+            origin = request.headers.get("Origin")
+            response = policy.preflight(
+                origin, request.headers, public=policy.is_public(request.path)
+            )
+        else:  # CORS headers on the answer: security_headers (prepare hook)
+            try:
+                gw = request.app.get(GATEWAY)
+                if (
+                    gw is not None
+                    and "Authorization" not in request.headers
+                    and request.path not in PROBES
+                ):
+                    gw.limits.check_anonymous(source_address(request))
+                response = await handler(request)
+            except Exception as exc:  # noqa: BLE001 - rendered (and classified) by render_error
+                response = render_error(request, exc)
         status = response.status
         return response
     finally:
@@ -114,12 +136,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
             reason=ex.reason,
         )
         span_ctx.__exit__(None, None, None)
-        cfg = request.app[CONFIG]
-        if request.path not in PROBES and not cors_rules.is_preflight(
-            request.method, request.headers
-        ):
+        if request.path not in PROBES and not preflight:
             account(request, ex, status, time.perf_counter() - started)
-        if cfg.logging.access_log and request.path not in PROBES:
+        if request.app[CONFIG].logging.access_log and request.path not in PROBES:
             log(
                 access_logger,
                 logging.INFO,
@@ -133,6 +152,31 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
                 upstream_ms=None if ex.upstream_ms is None else round(ex.upstream_ms, 3),
                 **policy_fields(ex.policies),
             )
+
+
+def render_error(request: web.Request, exc: Exception) -> web.Response:
+    """Every exception as an OperationOutcome; nothing else renders errors."""
+    if isinstance(exc, GatewayError):
+        exchange(request).reason = exc.reason
+        return error_response(exc)
+    if isinstance(exc, web.HTTPException):  # aiohttp's router: only non-origin-form targets
+        err = GatewayError(reason="request.http")
+        err.status, err.code = exc.status, "invalid" if exc.status < 500 else "exception"
+        if not request.raw_path.startswith("/"):
+            err = InvalidTarget("Only origin-form request targets are accepted.")
+        exchange(request).reason = err.reason
+        return error_response(err)
+    # the last line of defence: fail closed, log the class only
+    log(
+        logger,
+        logging.ERROR,
+        "unhandled-exception",
+        error=type(exc).__name__,
+        route=exchange(request).route,
+        request_id=exchange(request).request_id,
+    )
+    exchange(request).reason = "internal"
+    return error_response(GatewayError())
 
 
 def source_address(request: web.Request) -> str:
@@ -160,51 +204,6 @@ def account(request: web.Request, ex: Exchange, status: int, elapsed_s: float) -
     if reason.startswith("upstream."):
         m.child(m.upstream_errors, reason.removeprefix("upstream.")).inc()
     m.count_policies(ex.policies)
-
-
-@web.middleware
-async def limits_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Per-address token bucket for requests without a bearer token (before any work)."""
-    gw = request.app.get(GATEWAY)
-    if gw is not None and "Authorization" not in request.headers and request.path not in PROBES:
-        gw.limits.check_anonymous(source_address(request))
-    return await handler(request)
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    policy: cors_rules.CorsPolicy = request.app[CORS]
-    origin = request.headers.get("Origin")
-    if cors_rules.is_preflight(request.method, request.headers):
-        return policy.preflight(origin, request.headers, public=policy.is_public(request.path))
-    return await handler(request)  # response CORS headers: security_headers (prepare hook)
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        exchange(request).reason = exc.reason
-        return error_response(exc)
-    except web.HTTPException as exc:  # aiohttp's router: only non-origin-form targets get here
-        err = GatewayError(reason="request.http")
-        err.status, err.code = exc.status, "invalid" if exc.status < 500 else "exception"
-        if not request.raw_path.startswith("/"):
-            err = InvalidTarget("Only origin-form request targets are accepted.")
-        exchange(request).reason = err.reason
-        return error_response(err)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: fail closed, log the class
-        log(
-            logger,
-            logging.ERROR,
-            "unhandled-exception",
-            error=type(exc).__name__,
-            route=exchange(request).route,
-            request_id=exchange(request).request_id,
-        )
-        exchange(request).reason = "internal"
-        return error_response(GatewayError())
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
@@ -256,7 +255,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers.setdefault("Pragma", "no-cache")
     response.headers.popall("Set-Cookie", None)
     if not cors_rules.is_preflight(request.method, request.headers):
-        # here, not in cors_middleware: streamed responses are prepared inside the handler
+        # here, not in the middleware: streamed responses are prepared inside the handler
         policy = request.app[CORS]
         policy.decorate(
             response.headers, request.headers.get("Origin"), public=policy.is_public(request.path)
@@ -268,7 +267,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 def build_app(cfg: Config) -> web.Application:
     app = web.Application(
-        middlewares=[access_log_middleware, cors_middleware, error_middleware, limits_middleware],
+        middlewares=[edge_middleware],
         client_max_size=cfg.server.max_request_body_bytes,
         handler_args={"max_field_size": cfg.server.max_header_bytes},
     )

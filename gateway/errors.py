@@ -2,8 +2,8 @@
 
 Every error the gateway produces itself is one of these classes. Each class knows the HTTP
 status it maps to, the FHIR OperationOutcome ``issue.code`` (http://hl7.org/fhir/issue-type)
-and any headers the response must carry; the error middleware renders them all the same way
-(``gateway.fhir.outcome.render_error``), so no handler builds an error response by hand.
+and any headers the response must carry; ``render_error`` in ``gateway.app`` (the edge
+middleware) renders them all the same way, so no handler builds an error response by hand.
 
 ``diagnostics`` is shown to the client and written to logs: it must be a fixed, PHI-free text
 (never a query value, body fragment, token, resource id of a patient or upstream hostname).

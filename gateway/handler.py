@@ -3,7 +3,7 @@
     ingress -> authenticate -> authorize -> rewrite -> forward -> filter -> respond
 
 Each stage is a call into its own module; this file only orders them. Anything that goes wrong
-raises a ``GatewayError`` subclass, which the error middleware renders as an OperationOutcome:
+raises a ``GatewayError`` subclass, which the edge middleware renders as an OperationOutcome:
 no stage ever lets an unchecked answer through.
 """
 

@@ -1,6 +1,6 @@
 """The audit trail: exactly one record per FHIR request, and the sinks that keep them.
 
-The record (:class:`AuditRecord`) is built by the access-log middleware in its ``finally``,
+The record (:class:`AuditRecord`) is built by the edge middleware in its ``finally``,
 once the response is decided, from the request's :class:`~gateway.context.Exchange`. It is the
 one place that names patients and resources: logs and metrics never do.
 
