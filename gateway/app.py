@@ -39,7 +39,8 @@ from gateway.errors import GatewayError, InvalidTarget, NotFound
 from gateway.fhir.outcome import FHIR_JSON, operation_outcome
 from gateway.fhir.target import parse_target
 from gateway.handler import Gateway, handle_fhir
-from gateway.ops.audit import AuditTrail, build_record
+from gateway.ops.audit import build_record
+from gateway.ops.audit_sinks import AuditTrail
 from gateway.ops.limits import LimitedUpstreamClient, Limits, client_address
 from gateway.ops.logging import log
 from gateway.ops.metrics import Metrics, resource_type_label, status_class

@@ -269,7 +269,7 @@ class SmartConfig(_Model):
     Every URL is absolute (https, or http on loopback). The authorization server's own
     discovery document (``openid_configuration_url``) can fill in what is not set here: config
     wins. ``capabilities`` are checked against the rest at start-up
-    (``gateway.smart.discovery.config_problems``) and again against the merged document.
+    (``gateway.smart.smart_configuration.config_problems``) and again against the merged document.
     """
 
     authorization_endpoint: str | None = None
@@ -578,8 +578,8 @@ def _cross_checks(cfg: Config) -> list[str]:
     issuers = [j.issuer for j in cfg.auth.jwt]
     if len(set(issuers)) != len(issuers):
         problems.append("auth.jwt: the same issuer is listed twice")
-    # imported here: discovery uses the upstream client, which imports this module
-    from gateway.smart.discovery import config_problems
+    # imported here: smart_configuration imports this module
+    from gateway.smart.smart_configuration import config_problems
 
     problems.extend(config_problems(cfg))
     return problems

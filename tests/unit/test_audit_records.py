@@ -14,7 +14,9 @@ from gateway.errors import ConfigError
 from gateway.fhir.request import classify
 from gateway.fhir.target import parse_target
 from gateway.ops import tracing
-from gateway.ops.audit import FhirAuditSink, audit_event, build_record, note_request
+from gateway.ops.audit import build_record, note_request
+from gateway.ops.audit_event import audit_event
+from gateway.ops.audit_sinks import FhirAuditSink
 from gateway.ops.metrics import Metrics
 
 

@@ -18,16 +18,14 @@ from aiohttp import web
 
 from gateway.config import SmartConfig, parse_config
 from gateway.errors import ConfigError, UpstreamError
-from gateway.smart.discovery import (
-    CAPABILITY_RULES,
+from gateway.smart.capability_statement import (
     OAUTH_URIS,
     SECURITY_SERVICE,
-    TtlDocument,
-    capability_gaps,
     rewrite_capability_statement,
     security_section,
-    server_fields,
 )
+from gateway.smart.discovery import TtlDocument
+from gateway.smart.smart_configuration import CAPABILITY_RULES, capability_gaps, server_fields
 from tests.conftest import GatewayFactory
 from tests.support.fake_upstream import FakeUpstream, Recorded
 from tests.support.gateway import PUBLIC_BASE, RunningGateway
