@@ -649,14 +649,15 @@ def write_report(
         )
     if half["gateway"]:
         h = report["half"]
-        d99, n99, _, g99 = (med(half[t], "p99") for t in TARGETS)
+        d99, n99, a99, g99 = (med(half[t], "p99") for t in TARGETS)
         added = g99 - d99
         g_rps = med(half["gateway"], "rps")
         floors.append(
             (
                 "W1 added p99 at half peak <= 5 ms",
-                f"{added:.2f} ms (gateway p99 {g99:.2f} ms vs direct {d99:.2f} ms, nginx "
-                f"{n99:.2f} ms; paced at {g_rps:,.0f} req/s for a target of "
+                f"{added:.2f} ms (gateway p99 {g99:.2f} ms vs direct {d99:.2f} ms; nginx "
+                f"{n99:.2f} ms, bare aiohttp {a99:.2f} ms at the same pace; paced at "
+                f"{g_rps:,.0f} req/s for a target of "
                 f"{h['target_rps']:,.0f}: "
                 f"{h['conns']} connections, a random 0-{2 * h['delay_ms']} ms pause between "
                 "requests)",

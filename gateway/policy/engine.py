@@ -128,17 +128,14 @@ def _safe(pred: ResourcePredicate, resource: dict[str, Any], on_error: bool) -> 
 class BoundPolicies:
     """A :class:`PolicySet` bound to one caller: principal conditions already evaluated."""
 
-    __slots__ = ("_by_type", "_withheld", "view")
+    __slots__ = ("_by_type", "_withheld", "restricted_types", "view")
 
     def __init__(self, by_type: dict[str, _TypePolicies], view: PrincipalView) -> None:
         self._by_type = by_type
         self._withheld: dict[tuple[str, ...], Outcome] = {}  # shared, immutable outcomes
+        #: types for which this caller may have resources withheld or redacted
+        self.restricted_types = frozenset(by_type)
         self.view = view
-
-    @property
-    def restricted_types(self) -> frozenset[str]:
-        """Types for which this caller may have resources withheld or redacted."""
-        return frozenset(self._by_type)
 
     def may_restrict(self, resource_type: str) -> bool:
         """True when a policy could withhold or redact a resource of this type for this caller
