@@ -49,6 +49,17 @@ def media_type(value: str | None) -> str | None:
     return value.split(";", 1)[0].strip().lower() or None
 
 
+def charset(value: str | None) -> str | None:
+    """The ``charset`` parameter of a Content-Type, lower-cased, or None when absent."""
+    if not value:
+        return None
+    for param in value.split(";")[1:]:
+        name, _, val = param.partition("=")
+        if name.strip().lower() == "charset":
+            return val.strip().strip('"').lower()
+    return None
+
+
 def is_binary_content(req: FhirRequest) -> bool:
     return req.resource_type == "Binary" and req.interaction in _BINARY_READS | _BINARY_WRITES
 
@@ -126,11 +137,16 @@ async def read_body(request: web.Request, req: FhirRequest, limit: int) -> Body 
     allowed = PATCH_TYPES | JSON_TYPES if req.interaction is Interaction.PATCH else JSON_TYPES
     if ctype not in allowed:
         raise UnsupportedMediaType()
+    if charset(request.headers.get("Content-Type")) not in (None, "utf-8", "utf8"):
+        # FHIR JSON is UTF-8; the upstream could decode another charset into another document
+        raise UnsupportedMediaType("FHIR JSON bodies must be UTF-8.")
     data = await _read_capped(request, limit)
     try:
         parsed = json.decode(data)
     except json.JsonError:
         raise BadRequest("The request body is not valid JSON.") from None
+    if json.has_duplicate_keys(data):  # judged here as one document, read upstream as another
+        raise BadRequest("The request body repeats a JSON property name.")
     expected = list if ctype in PATCH_TYPES else dict
     if not isinstance(parsed, expected):
         raise BadRequest("The request body is not a FHIR JSON document.")

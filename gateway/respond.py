@@ -89,7 +89,8 @@ async def json_response(
         return web.Response(status=status, headers=headers)
     body, escaped = rewriter.rewrite_bytes(body)
     doc = decode_resource(body)  # fail closed on anything unparseable
-    changed = escaped and rewriter.rewrite_json(doc)  # what the byte pass cannot see
+    # what the byte pass cannot see: escaped URLs, a bare host in an error text
+    changed = escaped and (rewriter.rewrite_json(doc) | rewriter.scrub_outcome(doc))
     if doc_filter is not None:
         try:
             changed = doc_filter(doc) or changed

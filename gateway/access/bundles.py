@@ -74,6 +74,20 @@ def authorize_entries(
     return [_entry(accesses, i, entry, bases, bind, guarded) for i, entry in enumerate(entries)]
 
 
+#: the entry interactions whose ``resource`` is the request body (everything else: none);
+#: an operation's ``Parameters`` are judged with the operation itself by ``authorize``
+BODY_ENTRIES = frozenset(
+    {
+        Interaction.CREATE,
+        Interaction.UPDATE,
+        Interaction.PATCH,
+        Interaction.OPERATION_TYPE,
+        Interaction.OPERATION_INSTANCE,
+        Interaction.OPERATION_SYSTEM,
+    }
+)
+
+
 def _entry(
     accesses: tuple[Access, ...],
     index: int,
@@ -99,6 +113,10 @@ def _entry(
         return EntryDecision(index, None, deny(exc.reason, exc.status))
     if req.interaction in (Interaction.BATCH, Interaction.DISCOVERY, Interaction.PAGE):
         return EntryDecision(index, req, deny("bundle.entry-invalid", 400))
+    if isinstance(entry, dict) and "resource" in entry and req.interaction not in BODY_ENTRIES:
+        # e.g. POST Observation/_search carrying a resource: judged as a search, a server may
+        # still execute it as a create (sekmet does): an entry's resource only with a write
+        return EntryDecision(index, req, deny("bundle.entry-unexpected-resource", 400))
     decision, access = authorize_any(accesses, req)
     bound = bind(access) if bind is not None and decision.allowed else None
     if bound is not None:

@@ -56,12 +56,37 @@ def check_body(
         return deny("write.security-label-removed")
     if unverifiable_compartment_refs(body, bases):
         return deny("write.unverifiable-reference")
+    if has_conditional_reference(body):
+        return deny("write.conditional-reference")
     if foreign_patient_refs(body, pid, bases):
         return deny("compartment.other-patient")
     members = compartment_patients(body, bases)
     if members is not None and pid not in members:
         return deny("compartment.not-referenced")
     return None
+
+
+def has_conditional_reference(node: Any) -> bool:
+    """True if any ``reference`` in the document (contained resources and extensions too) is a
+    conditional reference, ``Type?criteria``.
+
+    A server resolves it by searching across all patients (in a transaction): it can link the
+    resource to another patient's record, and its 404/412 answers count their matches. The
+    compartment-path check cannot see them outside the type's compartment paths (``focus``,
+    ``derivedFrom``, ``basedOn`` ...), so a confined caller may send none at all.
+    """
+    stack: list[Any] = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "reference" and isinstance(value, str) and "?" in value:
+                    return True
+                if isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return False
 
 
 def apply_patch(stored: dict[str, Any], patch: Any) -> dict[str, Any] | None:

@@ -48,7 +48,7 @@ RESPONSE_ALLOW = frozenset(
         "Last-Modified",
         "Location",
         "Preference-Applied",
-        "Warning",
+        # not Warning: its warn-agent field is the upstream's own host:port (RFC 7234 5.5)
     )
 )
 

@@ -15,6 +15,18 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+#: optional userinfo before a host (``user[:password]@``): it never changes which host is meant
+_USERINFO = r"(?:[^/?#@\s\"'<>\\]*@)?"
+
+
+def _after_scheme(url: str) -> str:
+    """``host[:port]/path`` of an absolute URL (what follows ``scheme://``)."""
+    return url.split("://", 1)[1]
+
+
+#: what replaces an upstream error text that named the upstream server
+WITHHELD_DETAIL = "The upstream server's detail is withheld: it named an internal host."
+
 
 class UrlRewriter:
     def __init__(self, upstream_bases: list[str], public_base: str) -> None:
@@ -22,13 +34,20 @@ class UrlRewriter:
         self._public = public_base.rstrip("/")
         self._netlocs = {urlsplit(b).netloc.lower() for b in self._bases}
         self._needles = [n.encode() for n in self._netlocs]
-        alternatives = "|".join(re.escape(b) for b in sorted(self._bases, key=len, reverse=True))
-        # an upstream base followed by a URL boundary (never a longer path like /fhirX)
+        ordered = sorted(self._bases, key=len, reverse=True)
+        # an upstream base followed by a URL boundary (never a longer path like /fhirX); any
+        # userinfo (``http://svc@host/...``) is part of the match: it names the same host
+        alternatives = "|".join(
+            re.escape(f"{urlsplit(b).scheme}://") + _USERINFO + re.escape(_after_scheme(b))
+            for b in ordered
+        )
         self._pattern = re.compile(rf"(?:{alternatives})(?=[/?#\s\"'<>]|$)", re.IGNORECASE)
         # any other URL on an upstream host (e.g. a blob store beside the FHIR base): it has no
         # public equivalent, so only its origin is replaced — a dead link rather than a leak
         hosts = "|".join(re.escape(n) for n in sorted(self._netlocs, key=len, reverse=True))
-        self._origin_pattern = re.compile(rf"https?://(?:{hosts})(?=[/?#\s\"'<>]|$)", re.I)
+        self._origin_pattern = re.compile(
+            rf"https?://{_USERINFO}(?:{hosts})(?=[/?#\s\"'<>]|$)", re.I
+        )
         parts = urlsplit(self._public)
         self._public_origin = f"{parts.scheme}://{parts.netloc}"
         # the same two rules on raw JSON bytes (a string ends at `"`, an escape starts at `\`),
@@ -39,9 +58,10 @@ class UrlRewriter:
         if not all(b.lower().startswith(("http://", "https://")) for b in self._bases):
             raise ValueError("upstream bases must be http(s) URLs")
         end = rb"(?=[/?#\s\"'<>\\]|$)"
-        bases_b = b"|".join(
-            re.escape(b.lower().encode()[4:]) for b in sorted(self._bases, key=len, reverse=True)
-        )
+        # (no userinfo here: an optional ``user@`` group makes the pass 3-4x slower; a URL with
+        # userinfo leaves its host unmatched, so the caller's walk with the patterns above
+        # rewrites it)
+        bases_b = b"|".join(re.escape(b.lower().encode()[4:]) for b in ordered)
         hosts_b = b"|".join(
             re.escape(n.encode()) for n in sorted(self._netlocs, key=len, reverse=True)
         )
@@ -54,6 +74,30 @@ class UrlRewriter:
     def mentions_upstream(self, body: bytes) -> bool:
         lowered = body.lower()
         return any(n in lowered for n in self._needles)
+
+    def scrub_outcome(self, doc: dict[str, Any]) -> bool:
+        """An upstream OperationOutcome that still names an upstream host outside any URL
+        (``failed to reach legacy-fhir:8080``): those texts are replaced. True if changed."""
+        if doc.get("resourceType") != "OperationOutcome":
+            return False
+        changed = False
+        if isinstance(doc.get("text"), dict) and self._names_upstream(doc["text"].get("div")):
+            del doc["text"]
+            changed = True
+        for issue in doc.get("issue") or ():
+            if not isinstance(issue, dict):
+                continue
+            if self._names_upstream(issue.get("diagnostics")):
+                issue["diagnostics"] = WITHHELD_DETAIL
+                changed = True
+            details = issue.get("details")
+            if isinstance(details, dict) and self._names_upstream(details.get("text")):
+                details["text"] = WITHHELD_DETAIL
+                changed = True
+        return changed
+
+    def _names_upstream(self, value: object) -> bool:
+        return isinstance(value, str) and self.mentions_upstream(value.encode())
 
     def rewrite_bytes(self, body: bytes) -> tuple[bytes, bool]:
         """Rewrite upstream URLs in raw JSON bytes in one pass.
@@ -93,7 +137,7 @@ class UrlRewriter:
         if not parts.scheme and not parts.netloc:
             return value  # relative: already relative to the base the client used
         new = self._pattern.sub(self._public, value)
-        if urlsplit(new).netloc.lower() in self._netlocs:
+        if urlsplit(new).netloc.rpartition("@")[2].lower() in self._netlocs:
             return None  # upstream host, outside its FHIR base: cannot be expressed publicly
         return new
 

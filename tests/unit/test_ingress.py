@@ -241,3 +241,17 @@ async def test_gzip_body_not_json(client: TestClient[Any, Any]) -> None:
         "/r4/Patient", data=gzip.compress(b"{}"), headers={"Content-Type": "application/json"}
     ) as resp:
         assert await resp.json() == {"status": 400}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("application/fhir+json", None),
+        ("application/fhir+json; charset=utf-8", "utf-8"),
+        ('application/fhir+json; fhirVersion=4.0; Charset="UTF-7"', "utf-7"),
+        ("application/json;charset=ISO-8859-1", "iso-8859-1"),
+        (None, None),
+    ],
+)
+def test_charset_parameter(value: str | None, expected: str | None) -> None:
+    assert ingress.charset(value) == expected

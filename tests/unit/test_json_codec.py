@@ -104,3 +104,19 @@ def test_invalid_json_error_does_not_quote_input(text: bytes) -> None:
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__  # the decoder's message is not chained into logs
     assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("raw", "duplicated"),
+    [
+        (b'{"subject": {"reference": "Patient/B"}, "subject": {"reference": "Patient/A"}}', True),
+        (b'[{"op": "add", "value": "Patient/B", "value": "Patient/A"}]', True),
+        (b'{"a": {"b": 1, "c": {"d": 1.50, "d": 2}}}', True),
+        (b'{"a": 1, "b": [{"a": 1}, {"a": 2}]}', False),
+        (b'{"a": 1.50, "A": 2}', False),
+    ],
+    ids=["top-level", "json-patch", "nested", "same-name-in-siblings", "case-differs"],
+)
+def test_duplicate_names_are_found(raw: bytes, duplicated: bool) -> None:
+    json.decode(raw)  # valid JSON for the fast codec either way
+    assert json.has_duplicate_keys(raw) is duplicated

@@ -232,3 +232,40 @@ def test_bytes_rewrite_with_two_upstream_hosts() -> None:
     )
     assert escaped is False
     assert rw.rewrite_bytes(b'{"x": "http:\\/\\/up-b:81\\/fhir"}')[1] is True
+
+
+def test_outcome_naming_the_upstream_host_is_scrubbed(rw: UrlRewriter) -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "text": {"status": "generated", "div": "<div>legacy-fhir:8080 down</div>"},
+        "issue": [
+            {"severity": "error", "code": "exception", "diagnostics": "at LEGACY-FHIR:8080/idx"},
+            {"severity": "error", "code": "invalid", "details": {"text": "legacy-fhir:8080"}},
+            {"severity": "error", "code": "invalid", "diagnostics": "Observation.status missing"},
+        ],
+    }
+    assert rw.scrub_outcome(outcome) is True
+    assert "text" not in outcome
+    assert "legacy-fhir" not in str(outcome).lower()
+    assert outcome["issue"][2]["diagnostics"] == "Observation.status missing"
+    assert rw.scrub_outcome({"resourceType": "Observation", "note": "legacy-fhir:8080"}) is False
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://svc@legacy-fhir:8080/fhir/Patient/1",
+        "http://user:pw@legacy-fhir:8080/blobs/1.png",
+        "HTTP://Svc@LEGACY-FHIR:8080/fhir",
+    ],
+)
+def test_userinfo_does_not_hide_the_upstream_host(rw: UrlRewriter, value: str) -> None:
+    import json
+
+    raw = json.dumps({"url": value}).encode()
+    rewritten, escaped = rw.rewrite_bytes(raw)
+    assert escaped is True  # left for the walk over the decoded document
+    doc = json.loads(rewritten)
+    assert rw.rewrite_json(doc) is True
+    assert "legacy-fhir" not in json.dumps(doc).lower()
+    assert "legacy-fhir" not in (rw.rewrite_header(value) or "").lower()

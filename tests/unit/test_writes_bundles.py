@@ -10,7 +10,7 @@ import pytest
 
 from gateway.access.authorize import ALL_LEVELS, UNCONFINED_LEVELS, Access
 from gateway.access.bundles import authorize_entries, bundle_type, denied_entry
-from gateway.access.writes import apply_patch, check_body
+from gateway.access.writes import apply_patch, check_body, has_conditional_reference
 from gateway.errors import BadRequest
 from gateway.fhir.request import FhirRequest, classify
 from gateway.fhir.target import parse_target
@@ -656,3 +656,61 @@ def test_check_body_malformed_security_labels_denied_not_raised(body: Any, store
     decision = check_body(CONF, UPDATE, body, stored, BASES)  # must not raise
     if "meta" in stored:  # the stored label is gone from the new body: refused
         assert decision is not None and not decision.allowed
+
+
+@pytest.mark.parametrize(
+    ("body", "conditional"),
+    [
+        ({"focus": [{"reference": "Patient?identifier=mrn|123"}]}, True),
+        ({"derivedFrom": [{"reference": "Observation?patient=B"}]}, True),
+        ({"contained": [{"resourceType": "Provenance", "target": [{"reference": "X?y=1"}]}]}, True),
+        ({"extension": [{"valueReference": {"reference": "Patient?name=x"}}]}, True),
+        ({"focus": [{"reference": "Patient/A"}], "note": [{"text": "why? because"}]}, False),
+        ({"focus": [{"reference": "urn:uuid:1b4e28ba-2fa1-11d2-883f-0016d3cca427"}]}, False),
+        ({"reference": 5}, False),
+    ],
+    ids=["focus", "derived-from", "contained", "extension", "plain", "urn-uuid", "not-a-string"],
+)
+def test_conditional_references_anywhere_are_found(body: dict[str, Any], conditional: bool) -> None:
+    assert has_conditional_reference(body) is conditional
+
+
+def test_confined_write_with_a_conditional_reference_is_refused() -> None:
+    body = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "subject": {"reference": "Patient/A"},
+        "focus": [{"reference": "Patient?identifier=mrn|B"}],
+    }
+    denial = check_body(CONF, req("POST", "Observation"), body, None, BASES)
+    assert denial is not None and denial.reason == "write.conditional-reference"
+    assert check_body(USER, req("POST", "Observation"), body, None, BASES) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "url", "allowed_shape"),
+    [
+        (
+            "POST",
+            "Observation/_search",
+            False,
+        ),  # a search carrying a resource: a create in disguise
+        ("GET", "Observation?patient=A", False),
+        ("DELETE", "Observation/o1", False),
+        ("POST", "Observation", True),
+        ("POST", "Observation/$validate", True),  # Parameters: judged with the operation
+    ],
+    ids=["search", "read", "delete", "create", "operation"],
+)
+def test_an_entry_resource_is_accepted_only_as_a_request_body(
+    method: str, url: str, allowed_shape: bool
+) -> None:
+    entry = {
+        "resource": {"resourceType": "Observation", "subject": {"reference": "Patient/A"}},
+        "request": {"method": method, "url": url},
+    }
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [entry]}
+    (decision,) = authorize_entries((CONF,), bundle, BASES)
+    unexpected = decision.decision.reason == "bundle.entry-unexpected-resource"
+    assert unexpected is (not allowed_shape)
