@@ -245,6 +245,7 @@ def _doc_filter(
 
     def apply(doc: dict[str, Any]) -> bool:
         members: Members = {}
+        reasons: list[str] = []
         changed = verify is not None and verify_document(
             doc,
             verify,
@@ -253,7 +254,10 @@ def _doc_filter(
             whole=decision.whole,
             tally=tally,
             members=members,
+            reasons=reasons,
         )
+        if reasons:  # a narrowed search the upstream did not narrow: withheld (decision 13)
+            exchange(request).reason = reasons[0]
         note_document(exchange(request), doc, bases, members)  # what the caller gets: audit
         if paging is not None and replace_links(
             doc,

@@ -12,7 +12,8 @@ Rules (SMART App Launch 2.x; decisions 2-12 in the design notes):
   Without one, ``patient/`` scopes grant nothing (decision 9).
 - Confined searches: the client may name only the patient in context in compartment/patient
   parameters (else 403); oracle parameters (``_has``, chains, ``_filter``, ...) are refused;
-  the gateway adds one typed narrowing constraint; every returned resource is verified.
+  the gateway adds one typed narrowing constraint (``Verify.narrowing``: the answer must prove
+  the upstream applied it, decision 13); every returned resource is verified.
 - Reads of ``Patient/{other}`` -> 404 (no existence oracle); other types are fetched and
   verified (404 when outside the compartment).
 - Operations: only an allow-list (``Patient/{id}/$everything``, ``Observation/$lastn``).
@@ -20,7 +21,7 @@ Rules (SMART App Launch 2.x; decisions 2-12 in the design notes):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.access.decision import Decision, Prefetch, Verify, deny
 from gateway.fhir.params import SearchParam, parse_params
@@ -255,6 +256,7 @@ def _search(access: Access, req: FhirRequest, rtype: str) -> Decision:
     sparams = parse_params(req.params)
     params: list[Param] = list(req.params)
     suppress_total = False
+    narrowing: Param | None = None
     if pid is not None:
         refusal = _confined_param_refusal(sparams) or _named_patients_refusal(rtype, sparams, pid)
         if refusal:
@@ -276,7 +278,7 @@ def _search(access: Access, req: FhirRequest, rtype: str) -> Decision:
         True,
         "allowed",
         params=tuple(params),
-        verify=access.verify(),
+        verify=replace(access.verify(), narrowing=narrowing),  # proven in the answer
         suppress_total=suppress_total,
     )
 

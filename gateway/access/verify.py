@@ -10,7 +10,9 @@ Matches, ``_include``/``_revinclude`` (``:iterate`` and wildcards too), history 
 
 A failing entry is dropped from its Bundle (never a whole-request 403); a failing single
 resource is answered 404 exactly like a nonexistent one (decision 3). ``Bundle.total`` follows
-decision 5, and nothing marks that something was hidden (decision 6).
+decision 5, and nothing marks that something was hidden (decision 6). The answer to a narrowed
+search must prove that the upstream applied the narrowing (decision 13, ``narrowing.py``), else
+it is replaced whole: only then can an untouched ``total`` (``_count=0``) be passed on.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from gateway.access.compartment import compartment_patients, strip_foreign_contained_patients
 from gateway.access.decision import Verify
 from gateway.access.granular import matches_query
+from gateway.access.narrowing import UNPROVEN_REASON, narrowing_applied, unproven_searchset
 from gateway.errors import NotFound
 from gateway.fhir.tables import RESOURCE_TYPES
 from gateway.policy.engine import Outcome
@@ -76,6 +79,9 @@ class ResourceCheck:
         self.tally = tally if tally is not None else PolicyTally()
         self.members: Members = members if members is not None else {}
         self._plain: dict[str, bool] = {}  # resource type -> granted plainly (scopes are fixed)
+        self._depth = 0  # nesting of filter_bundle: 0 is the answer's own envelope
+        #: set when the answer to a narrowed search did not prove the narrowing (decision 13)
+        self.unproven = False
 
     def in_compartment(self, resource: dict[str, Any]) -> bool:
         """For a confined caller: not a compartment type, or in the patient's compartment."""
@@ -129,7 +135,32 @@ class ResourceCheck:
         return True
 
     def filter_bundle(self, bundle: dict[str, Any], *, suppress_total: bool = False) -> None:
-        """Drop every entry the caller may not see; fix ``total`` (decision 5)."""
+        """Drop every entry the caller may not see; fix ``total`` (decision 5).
+
+        The answer to a narrowed search (the first Bundle this check sees, a ``searchset``)
+        must first prove the narrowing was applied upstream, else it is replaced whole by a
+        fixed empty searchset (decision 13): entries, ``total`` and paging links of a search
+        over every patient would all describe records outside the compartment.
+        """
+        narrowing, patient = self._v.narrowing, self._v.patient
+        if (
+            self._depth == 0
+            and narrowing is not None
+            and patient is not None
+            and bundle.get("type") == "searchset"
+            and not narrowing_applied(bundle, narrowing, patient)
+        ):
+            bundle.clear()
+            bundle.update(unproven_searchset())
+            self.unproven = self.changed = True
+            return
+        self._depth += 1
+        try:
+            self._filter_entries(bundle, suppress_total=suppress_total)
+        finally:
+            self._depth -= 1
+
+    def _filter_entries(self, bundle: dict[str, Any], *, suppress_total: bool) -> None:
         entries = bundle.get("entry")
         if entries is None:
             entries = []
@@ -185,12 +216,14 @@ def verify_document(
     whole: bool = False,
     tally: PolicyTally | None = None,
     members: Members | None = None,
+    reasons: list[str] | None = None,
 ) -> bool:
     """Verify a decoded response body in place. Returns True if it changed.
 
     Raises NotFound when the body is a single resource the caller may not see, or when
     ``whole`` (an instance history) and any entry had to be hidden. ``members`` collects the
-    compartment members computed on the way (for the audit record).
+    compartment members computed on the way (for the audit record); ``reasons`` receives
+    :data:`UNPROVEN_REASON` when a narrowed search's answer was withheld (decision 13).
     """
     check = ResourceCheck(verify, bases, tally, members)
     if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:
@@ -199,4 +232,6 @@ def verify_document(
             raise NotFound()  # hidden, or no versions at all: the same 404 either way
     elif not check.visible(doc):
         raise NotFound()
+    if check.unproven and reasons is not None:
+        reasons.append(UNPROVEN_REASON)
     return check.changed

@@ -96,7 +96,14 @@ def searchset(*resources: dict[str, Any], total: int | None = None, nxt: bool = 
     doc: dict[str, Any] = {
         "resourceType": "Bundle",
         "type": "searchset",
-        "link": [{"relation": "self", "url": "http://upstream.invalid/fhir/Observation"}],
+        # the parameters the server used, as a real server echoes them (the gateway's narrowing
+        # must be proven there for a confined caller, decision 13)
+        "link": [
+            {
+                "relation": "self",
+                "url": f"http://upstream.invalid/fhir/Observation?patient=Patient%2F{A}",
+            }
+        ],
         "entry": [
             {"fullUrl": f"Observation/{r['id']}", "resource": r, "search": {"mode": "match"}}
             for r in resources

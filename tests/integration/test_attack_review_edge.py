@@ -167,9 +167,9 @@ async def test_duplicate_json_keys_in_create_body_never_reach_the_upstream(
 async def test_duplicate_json_keys_in_json_patch_never_reach_the_upstream(
     gateway: RunningGateway, fake_upstream: FakeUpstream, issuer: TestIssuer
 ) -> None:
-    """Found in review: JSON Patch op with ``value`` twice (pat-2 then pat-1): the gateway applies the
-    last one to the stored version and judges it; what the upstream gets must not carry
-    pat-2."""
+    """Found in review: JSON Patch op with ``value`` twice (pat-2 then pat-1): the gateway
+    applies the last one to the stored version and judges it; what the upstream gets must not
+    carry pat-2."""
     stored = {
         "resourceType": "Observation",
         "id": "o1",
@@ -297,8 +297,8 @@ async def test_upstream_html_body_is_not_relayed(
 async def test_bare_upstream_host_in_an_error_body_is_not_leaked(
     gateway: RunningGateway, fake_upstream: FakeUpstream, auth: dict[str, str]
 ) -> None:
-    """Found in review: an upstream OperationOutcome whose diagnostics name the upstream host without
-    a scheme (``HAPI-1234: failed to connect to 127.0.0.1:PORT``, a common shape of upstream
+    """Found in review: an upstream OperationOutcome whose diagnostics name the upstream host
+    without a scheme (``HAPI-1234: failed to connect to 127.0.0.1:PORT``, a common shape of upstream
     error text) is relayed verbatim: the rewriter only matches ``http(s)://host``."""
     fake_upstream.reply_json(
         {
@@ -383,12 +383,14 @@ async def test_x_forwarded_prefix_and_port_are_not_forwarded(
 async def _first_page(
     gw: RunningGateway, fake: FakeUpstream, headers: dict[str, str], query: str
 ) -> dict[str, str]:
-    async def answer(_: web.Request, __: Recorded) -> web.StreamResponse:
+    async def answer(_: web.Request, rec: Recorded) -> web.StreamResponse:
+        # like a real server: the self link shows the parameters used (the gateway's narrowing)
+        used = rec.body.decode() if rec.method == "POST" else rec.raw_target.partition("?")[2]
         doc = {
             "resourceType": "Bundle",
             "type": "searchset",
             "link": [
-                {"relation": "self", "url": f"{fake.base_url}/{query}"},
+                {"relation": "self", "url": f"{fake.base_url}/{query.split('?')[0]}?{used}"},
                 {"relation": "next", "url": f"{fake.base_url}/{query}&_offset=10"},
             ],
             "entry": [],

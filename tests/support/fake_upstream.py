@@ -128,10 +128,23 @@ def default_answer(base_url: str, rec: Recorded) -> web.Response:
         doc = {
             "resourceType": "Bundle",
             "type": "searchset",
-            "link": [{"relation": "self", "url": f"{base_url}/{'/'.join(parts)}"}],
+            "link": [{"relation": "self", "url": self_link(base_url, rec)}],
             "entry": [],
         }
     return web.Response(body=json.dumps(doc).encode(), content_type="application/fhir+json")
+
+
+def self_link(base_url: str, rec: Recorded) -> str:
+    """The searchset's ``self`` link as a real server builds it: the parameters it used (the
+    query, or a POST ``_search`` form body) on the search's URL (FHIR R4 search, "self link")."""
+    parts = [p for p in rec.path.split("/") if p][1:]  # drop "fhir"
+    query = rec.query
+    if rec.method == "POST" and parts and parts[-1] == "_search":
+        parts = parts[:-1]
+        form = rec.body.decode("ascii", "replace") if rec.body else ""
+        query = "&".join(q for q in (query, form) if q)
+    url = f"{base_url}/{'/'.join(parts)}"
+    return f"{url}?{query}" if query else url
 
 
 async def slow(seconds: float) -> None:

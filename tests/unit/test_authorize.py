@@ -755,6 +755,37 @@ def test_read_of_other_patients_resource_is_allowed_only_with_verification() -> 
     assert decision.verify is not None and decision.verify.patient == A
 
 
+@pytest.mark.parametrize(
+    ("access_name", "method", "path", "narrowing"),
+    [
+        pytest.param("conf", "GET", "Observation", NARROW_OBS, id="obs"),
+        pytest.param("conf", "POST", "Observation/_search", NARROW_OBS, id="obs-post"),
+        pytest.param("conf", "GET", "Observation?patient=A", NARROW_OBS, id="obs-named-a"),
+        pytest.param("conf", "GET", "Observation/$lastn", NARROW_OBS, id="lastn"),
+        pytest.param("conf", "GET", "Patient", ("_id", A), id="patient"),
+        pytest.param("conf", "GET", "Goal", ("patient", "Patient/A"), id="goal"),
+        pytest.param("conf", "GET", "AdverseEvent", ("subject", "Patient/A"), id="adverse-event"),
+        pytest.param("conf", "GET", "Group", ("member", "Patient/A"), id="group"),
+        pytest.param("conf-gran", "GET", "Observation", NARROW_OBS, id="granular"),
+        pytest.param("conf", "GET", "Medication", None, id="outside-compartment"),
+        pytest.param("conf", "GET", "Patient/A/Goal", None, id="compartment-search"),
+        pytest.param("conf", "GET", "Observation/x", None, id="read"),
+        pytest.param("user", "GET", "Observation", None, id="unconfined"),
+        pytest.param("user", "GET", "Goal?patient=A", None, id="unconfined-named"),
+    ],
+)
+def test_narrowed_search_must_prove_its_narrowing(
+    access_name: str, method: str, path: str, narrowing: tuple[str, str] | None
+) -> None:
+    """Decision 13: the constraint added to a confined search is carried to verification,
+    which withholds any answer that does not show it was applied upstream."""
+    decision = authorize(ACCESS[access_name], req(method, path))
+    assert decision.allowed and decision.verify is not None
+    assert decision.verify.narrowing == narrowing
+    if narrowing is not None:
+        assert narrowing in decision.params
+
+
 # --------------------------------------------------------------------------- known gaps (bugs)
 
 
@@ -1065,6 +1096,7 @@ def test_property_authorize_never_raises_and_confined_searches_are_narrowed(
     assert list(decision.params[: len(client)]) == client
     added = list(decision.params[len(client) :])
     granular = [p for s in access.scopes.scopes for p in s.query]
+    assert decision.verify is not None
     if rtype == "Patient":
         assert added[0] == ("_id", A)
         rest = added[1:]
@@ -1075,6 +1107,8 @@ def test_property_authorize_never_raises_and_confined_searches_are_narrowed(
         rest = added[1:]
     else:
         rest = added
+    # decision 13: the answer must prove the very constraint that was added
+    assert decision.verify.narrowing == (added[0] if added and added[0] not in rest else None)
     assert all(p in granular for p in rest)
     narrowing = [p for p in rest if p[1] in ("Patient/A", A)]
     assert not narrowing  # exactly one narrowing constraint

@@ -8,12 +8,14 @@ Bundles; ``Bundle.total`` per decision 5; a single resource the caller may not s
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from gateway.access.authorize import ALL_LEVELS, UNCONFINED_LEVELS, Access
 from gateway.access.decision import Verify
+from gateway.access.narrowing import UNPROVEN_REASON, unproven_searchset
 from gateway.access.verify import ResourceCheck, verify_document
 from gateway.errors import NotFound
 from gateway.smart.scopes import parse_scopes
@@ -490,3 +492,105 @@ def test_observation_in_two_compartments_visible_to_both() -> None:
     verify_document(copy.deepcopy(o), conf(patient="B"), BASES)
     with pytest.raises(NotFound):
         verify_document(copy.deepcopy(o), conf(patient="C"), BASES)
+
+
+# --------------------------------------------------------------------------- decision 13
+
+NARROW = ("patient", "Patient/A")
+PROVEN = f"{BASES[0]}/Observation?patient=Patient%2FA&_count=2"
+IGNORED = f"{BASES[0]}/Observation?_count=2&_offset=0"  # the upstream dropped the narrowing
+
+
+def narrowed(patient: str = "A") -> Verify:
+    return replace(conf(patient=patient), narrowing=NARROW)
+
+
+def with_self(doc: dict[str, Any], url: str) -> dict[str, Any]:
+    doc["link"] = [{"relation": "self", "url": url}, *doc["link"][1:]]
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("doc", "self_url", "kwargs"),
+    [
+        pytest.param(searchset(total=57), IGNORED, {}, id="count-zero-total"),
+        pytest.param(searchset(entry(obs("o2", "B")), total=9), IGNORED, {}, id="only-b"),
+        pytest.param(
+            searchset(entry(obs("o1", "A")), entry(obs("o2", "B")), total=9, next_link=True),
+            IGNORED,
+            {},
+            id="mixed-page-with-cursor",
+        ),
+        pytest.param(searchset(entry(obs("o1", "A")), total=1), IGNORED, {}, id="only-a"),
+        pytest.param(searchset(total=5), IGNORED, {"suppress_total": True}, id="suppressed"),
+    ],
+)
+def test_unproven_narrowing_withholds_the_whole_answer(
+    doc: dict[str, Any], self_url: str, kwargs: dict[str, Any]
+) -> None:
+    """Whatever the upstream matched (A's, B's, a count, a next page): one fixed answer."""
+    reasons: list[str] = []
+    assert verify_document(with_self(doc, self_url), narrowed(), BASES, reasons=reasons, **kwargs)
+    assert doc == unproven_searchset()
+    assert reasons == [UNPROVEN_REASON]
+
+
+def test_unproven_narrowing_answers_identical_whatever_b_holds() -> None:
+    answers = []
+    for total in (0, 1, 250):
+        doc = with_self(searchset(*[entry(obs(f"o{i}", "B")) for i in range(total)]), IGNORED)
+        doc["total"] = total
+        verify_document(doc, narrowed(), BASES)
+        answers.append(doc)
+    assert answers[0] == answers[1] == answers[2]
+
+
+def test_proven_narrowing_is_filtered_as_before() -> None:
+    doc = with_self(searchset(entry(obs("o1", "A")), total=40, next_link=True), PROVEN)
+    reasons: list[str] = []
+    assert verify_document(doc, narrowed(), BASES, reasons=reasons) is False
+    assert doc["total"] == 40 and ids(doc) == ["Observation/o1"]
+    assert reasons == []
+    count_only = with_self(searchset(total=37), PROVEN)
+    verify_document(count_only, narrowed(), BASES)
+    assert count_only["total"] == 37  # _count=0 on a proven narrowing: A's own count
+
+
+def test_echoed_but_reported_ignored_is_unproven() -> None:
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "warning", "code": "not-supported", "diagnostics": "'patient'?"}],
+    }
+    doc = with_self(searchset(entry(outcome, "outcome"), total=3), PROVEN)
+    verify_document(doc, narrowed(), BASES)
+    assert doc == unproven_searchset()
+
+
+def test_narrowing_proof_applies_to_the_answer_envelope_only() -> None:
+    """A Bundle inside the answer (a stored searchset) is filtered, not proven; an answer
+    that is no searchset (an OperationOutcome, a single resource) needs no proof."""
+    stored = searchset(entry(obs("o1", "A")), entry(obs("o2", "B")))
+    stored["id"] = "stored"
+    doc = with_self(searchset(entry(stored), total=1), PROVEN)
+    verify_document(doc, replace(conf("patient/*.rs"), narrowing=NARROW), BASES)
+    assert ids(doc["entry"][0]["resource"]) == ["Observation/o1"]
+    outcome = {"resourceType": "OperationOutcome", "issue": []}
+    assert verify_document(outcome, narrowed(), BASES) is False
+    verify_document(obs("o1", "A"), narrowed(), BASES)
+
+
+def test_batch_entry_search_is_proven_by_its_own_check() -> None:
+    """batch.py judges each entry's searchset with a fresh ResourceCheck: the same rule."""
+    inner = with_self(searchset(total=12), IGNORED)
+    check = ResourceCheck(narrowed(), BASES)
+    check.filter_bundle(inner)
+    assert check.unproven and inner == unproven_searchset()
+
+
+def test_unconfined_or_unnarrowed_needs_no_proof() -> None:
+    doc = with_self(searchset(entry(obs("o2", "B")), total=1), IGNORED)
+    verify_document(doc, replace(unconf(), narrowing=NARROW), BASES)
+    assert ids(doc) == ["Observation/o2"]
+    doc = with_self(searchset(entry(obs("o1", "A")), total=1), IGNORED)
+    verify_document(doc, conf(), BASES)
+    assert ids(doc) == ["Observation/o1"] and doc["total"] == 1
