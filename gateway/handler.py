@@ -256,7 +256,7 @@ def _doc_filter(
             members=members,
             reasons=reasons,
         )
-        if reasons:  # a narrowed search the upstream did not narrow: withheld (decision 13)
+        if reasons:  # a narrowed search the upstream did not narrow: withheld
             exchange(request).reason = reasons[0]
         note_document(exchange(request), doc, bases, members)  # what the caller gets: audit
         if paging is not None and replace_links(

@@ -13,7 +13,7 @@ Rules (SMART App Launch 2.x; decisions 2-12 in the design notes):
 - Confined searches: the client may name only the patient in context in compartment/patient
   parameters (else 403); oracle parameters (``_has``, chains, ``_filter``, ...) are refused;
   the gateway adds one typed narrowing constraint (``Verify.narrowing``: the answer must prove
-  the upstream applied it, decision 13); every returned resource is verified.
+  the upstream applied it, the narrowing proof); every returned resource is verified.
 - Reads of ``Patient/{other}`` -> 404 (no existence oracle); other types are fetched and
   verified (404 when outside the compartment).
 - Operations: only an allow-list (``Patient/{id}/$everything``, ``Observation/$lastn``).

@@ -7,7 +7,7 @@ that would have been needed) or an allowance with obligations:
   applies itself, plus the narrowing constraints);
 - ``verify``: the checks every returned resource must pass (type granted by a scope, patient
   compartment, granular scope match), failures dropped or, for single reads, answered 404;
-  for a narrowed search, the proof that the upstream applied the narrowing (decision 13);
+  for a narrowed search, the proof that the upstream applied the narrowing;
 - ``prefetch``: what must be fetched and checked before a write (or a Binary read) is sent;
 - ``suppress_total``: ``Bundle.total`` cannot be trusted for this caller (decision 5).
 """
@@ -40,7 +40,7 @@ class Verify:
     #: privacy policies bound to this caller (None: no policy applies)
     policies: BoundPolicies | None = None
     #: the narrowing constraint a confined search was sent with: the searchset answering it
-    #: must prove it was applied, else it is withheld whole (decision 13, ``narrowing.py``)
+    #: must prove it was applied, else it is withheld whole (the narrowing proof, ``narrowing.py``)
     narrowing: Param | None = None
 
 

@@ -1,4 +1,4 @@
-"""Proof that the upstream applied the gateway's narrowing constraint (decision 13).
+"""Proof that the upstream applied the gateway's narrowing constraint.
 
 A confined search is narrowed with one typed constraint (``patient=Patient/{id}``, the type's
 compartment parameter, ``_id={id}`` for Patient; see ``authorize._narrowing``). A server that

@@ -11,8 +11,8 @@ Matches, ``_include``/``_revinclude`` (``:iterate`` and wildcards too), history 
 A failing entry is dropped from its Bundle (never a whole-request 403); a failing single
 resource is answered 404 exactly like a nonexistent one (decision 3). ``Bundle.total`` follows
 decision 5, and nothing marks that something was hidden (decision 6). The answer to a narrowed
-search must prove that the upstream applied the narrowing (decision 13, ``narrowing.py``), else
-it is replaced whole: only then can an untouched ``total`` (``_count=0``) be passed on.
+search must prove that the upstream applied the narrowing (``narrowing.py``), else it is
+replaced whole: only then can an untouched ``total`` (``_count=0``) be passed on.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ class ResourceCheck:
         self.members: Members = members if members is not None else {}
         self._plain: dict[str, bool] = {}  # resource type -> granted plainly (scopes are fixed)
         self._depth = 0  # nesting of filter_bundle: 0 is the answer's own envelope
-        #: set when the answer to a narrowed search did not prove the narrowing (decision 13)
+        #: set when the answer to a narrowed search did not prove the narrowing
         self.unproven = False
 
     def in_compartment(self, resource: dict[str, Any]) -> bool:
@@ -139,7 +139,7 @@ class ResourceCheck:
 
         The answer to a narrowed search (the first Bundle this check sees, a ``searchset``)
         must first prove the narrowing was applied upstream, else it is replaced whole by a
-        fixed empty searchset (decision 13): entries, ``total`` and paging links of a search
+        fixed empty searchset: entries, ``total`` and paging links of a search
         over every patient would all describe records outside the compartment.
         """
         narrowing, patient = self._v.narrowing, self._v.patient
@@ -223,7 +223,7 @@ def verify_document(
     Raises NotFound when the body is a single resource the caller may not see, or when
     ``whole`` (an instance history) and any entry had to be hidden. ``members`` collects the
     compartment members computed on the way (for the audit record); ``reasons`` receives
-    :data:`UNPROVEN_REASON` when a narrowed search's answer was withheld (decision 13).
+    :data:`UNPROVEN_REASON` when a narrowed search's answer was withheld.
     """
     check = ResourceCheck(verify, bases, tally, members)
     if doc.get("resourceType") == "Bundle" and doc.get("type") in ENVELOPES:

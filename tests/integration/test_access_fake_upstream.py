@@ -97,7 +97,7 @@ def searchset(*resources: dict[str, Any], total: int | None = None, nxt: bool = 
         "resourceType": "Bundle",
         "type": "searchset",
         # the parameters the server used, as a real server echoes them (the gateway's narrowing
-        # must be proven there for a confined caller, decision 13)
+        # must be proven there for a confined caller, the narrowing proof)
         "link": [
             {
                 "relation": "self",

@@ -71,7 +71,7 @@ def observation(oid: str, code: str = "1234-5", **extra: Any) -> dict[str, Any]:
 def searchset(
     base: str, resources: list[dict[str, Any]], *, total: int | None = None, more: bool = False
 ) -> dict[str, Any]:
-    # the self link echoes the parameters used, the gateway's narrowing too (decision 13)
+    # the self link echoes the parameters used, the gateway's narrowing too
     links = [{"relation": "self", "url": f"{base}/X?patient=Patient%2F{A}&page=1"}]
     if more:
         links.append({"relation": "next", "url": f"{base}/X?page=2"})

@@ -777,7 +777,7 @@ def test_read_of_other_patients_resource_is_allowed_only_with_verification() -> 
 def test_narrowed_search_must_prove_its_narrowing(
     access_name: str, method: str, path: str, narrowing: tuple[str, str] | None
 ) -> None:
-    """Decision 13: the constraint added to a confined search is carried to verification,
+    """The narrowing proof: the constraint added to a confined search is carried to verification,
     which withholds any answer that does not show it was applied upstream."""
     decision = authorize(ACCESS[access_name], req(method, path))
     assert decision.allowed and decision.verify is not None
@@ -1107,7 +1107,7 @@ def test_property_authorize_never_raises_and_confined_searches_are_narrowed(
         rest = added[1:]
     else:
         rest = added
-    # decision 13: the answer must prove the very constraint that was added
+    # the narrowing proof: the answer must prove the very constraint that was added
     assert decision.verify.narrowing == (added[0] if added and added[0] not in rest else None)
     assert all(p in granular for p in rest)
     narrowing = [p for p in rest if p[1] in ("Patient/A", A)]

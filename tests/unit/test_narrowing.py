@@ -1,4 +1,4 @@
-"""``narrowing_applied``: does a searchset prove the gateway's narrowing was applied? (decision 13)
+"""``narrowing_applied``: does a searchset prove the gateway's narrowing was applied?
 
 Rows are (self link query, outcome issues) against the narrowing that was sent. Anything that
 does not prove it is withheld, so every doubtful form is a ``False`` row.

@@ -494,7 +494,7 @@ def test_observation_in_two_compartments_visible_to_both() -> None:
         verify_document(copy.deepcopy(o), conf(patient="C"), BASES)
 
 
-# --------------------------------------------------------------------------- decision 13
+# --------------------------------------------------------------------------- the narrowing proof
 
 NARROW = ("patient", "Patient/A")
 PROVEN = f"{BASES[0]}/Observation?patient=Patient%2FA&_count=2"
