@@ -9,6 +9,7 @@ every returned resource verified with its entry's own decision.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -49,7 +50,10 @@ async def handle_bundle(
     bind: Binder | None = None,
     guarded: Guarded | None = None,
     tally: PolicyTally | None = None,
+    note: Callable[[dict[str, Any]], None] | None = None,
 ) -> web.Response:
+    """Judge every entry, send the allowed ones, verify what comes back; ``note`` sees the
+    verified reply (the audit record names the resources and patients it carries)."""
     doc = body.doc if body is not None else None
     btype = bundle_type(doc)
     assert isinstance(doc, dict)
@@ -66,6 +70,8 @@ async def handle_bundle(
         for entry, returned in zip(allowed, answer["entry"], strict=True):
             results[entry.index] = _verified(entry, returned, bases, tally)
     reply = {"resourceType": "Bundle", "type": f"{btype}-response", "entry": results}
+    if note is not None:
+        note(reply)
     return web.Response(body=json.encode(reply), content_type=FHIR_JSON)
 
 

@@ -156,6 +156,7 @@ async def _bundle(
         bind=lambda access: bind_policies(policy_set, principal, access),
         guarded=lambda rtype: bool(policy_set.for_type(rtype)),
         tally=tally,
+        note=lambda reply: note_document(exchange(request), reply, gw.fetcher.bases),
     )
 
 

@@ -4,8 +4,9 @@ Mode ``phi`` (default): a search goes upstream as POST ``_search`` with a form b
 its parameters is PHI-bearing: by default the per-type table derived from the FHIR search
 parameter definitions (``scripts/generate_fhir_tables.py``: demographics, identifiers,
 contact details, references to patients, every Patient-compartment parameter, Patient's
-``_id``), plus any parameter using the ``:identifier`` modifier, plus a chain or ``_has`` whose
-base parameter is PHI-bearing. ``all`` converts every search; ``off`` never converts.
+``_id``), plus the free-text parameters (``_filter``, ``_content``, ``_text``: any value may
+be a name), plus any parameter using the ``:identifier`` modifier, plus a chain or ``_has``
+whose base parameter is PHI-bearing. ``all`` converts every search; ``off`` never converts.
 
 ``phi.parameters`` replaces the derived table with one list of names for every type;
 ``phi.extra_parameters`` adds names to whichever list is in force.
@@ -22,6 +23,8 @@ from gateway.fhir.tables import PHI_PARAMS
 from gateway.fhir.target import Param
 
 _ANY_TYPE = frozenset().union(*PHI_PARAMS.values())
+#: parameters whose value is free text or an expression over any element: PHI whatever the type
+FREE_TEXT = frozenset({"_filter", "_content", "_text"})
 
 
 class Transport(StrEnum):
@@ -50,7 +53,7 @@ class PhiRules:
         names = self.names_for(rtype)
         for raw, _ in params:
             name, modifier, chain = split_name(raw)
-            if name in names or modifier == "identifier":
+            if name in names or name in FREE_TEXT or modifier == "identifier":
                 return True
             if name == "_has" or chain:
                 # reverse/forward chains: judged by every name they touch

@@ -214,6 +214,7 @@ class BoundPolicies:
             return outcome
         kept: list[Any] = []
         ids: list[str] = []
+        removed: set[str] = set()  # local references (``#id``) to what is withheld
         extra = VISIBLE
         for inner in contained:
             if not isinstance(inner, dict):
@@ -222,6 +223,8 @@ class BoundPolicies:
             sub = VISIBLE if tp is None else self._judge(inner, tp)
             if sub.visible:
                 kept.append(inner)
+            elif isinstance(inner.get("id"), str):
+                removed.add("#" + inner["id"])
             ids.extend(sub.withheld_by + sub.redacted_by)
             if sub.allowed_by or sub.errors:
                 extra = Outcome(
@@ -236,6 +239,7 @@ class BoundPolicies:
                 resource["contained"] = kept
             else:
                 del resource["contained"]
+            _withhold_local_references(resource, removed)
             mark_redacted(resource)
         return Outcome(
             visible=True,
@@ -390,6 +394,29 @@ def _is_choice(key: str, stem: str) -> bool:
     if key.startswith("_"):
         key = key[1:]
     return key.startswith(stem) and len(key) > len(stem) and key[len(stem)].isupper()
+
+
+#: what a reference to a withheld contained resource shows instead (the resource is labelled
+#: REDACTED already, so this marks nothing new)
+WITHHELD_REFERENCE_DISPLAY = "Withheld"
+
+
+def _withhold_local_references(resource: dict[str, Any], removed: set[str]) -> None:
+    """References to removed contained resources keep no trace of them: their ``reference``
+    and ``display`` (often the withheld diagnosis in words) become a fixed notice."""
+    if not removed:
+        return
+    stack: list[Any] = [resource]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("reference") in removed:
+                item.clear()
+                item["display"] = WITHHELD_REFERENCE_DISPLAY
+                continue
+            stack.extend(v for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
 
 
 def mark_redacted(resource: dict[str, Any]) -> None:
