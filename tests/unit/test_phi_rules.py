@@ -277,3 +277,10 @@ def test_plan_sends_the_decision_params_not_the_request_params() -> None:
     assert plan(req, narrowed, rules()) == UpstreamRequest(
         "POST", ("Observation", "_search"), (), narrowed
     )
+
+
+@pytest.mark.parametrize("name", ["_filter", "_content", "_text"])
+@pytest.mark.parametrize("rtype", ["Patient", "Observation", None])
+def test_free_text_parameters_carry_phi_on_every_type(name: str, rtype: str | None) -> None:
+    assert rules().carries_phi(rtype, ((name, "family eq Chalmers"),)) is True
+    assert rules().transport(rtype, ((name, "x"),)) is Transport.POST
