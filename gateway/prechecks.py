@@ -7,7 +7,12 @@
   between the check and the write;
 - create: the body is judged the same way; a conditional create is refused when confined;
 - Binary read by a confined caller: its ``securityContext`` must be a resource the caller may
-  see (a Binary without one is answered 404).
+  see (a Binary without one is answered 404), and the Binary's current version must pass the
+  caller's privacy policies;
+- vread / instance history of a type policies may restrict for this caller
+  (``Prefetch.CURRENT_VISIBLE``): the current version is fetched and must be readable (scopes,
+  compartment, policies), else the same 404 as for a nonexistent resource; an older version
+  never escapes a label added later.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from gateway.access.authorize import Access
 from gateway.access.decision import Decision, Prefetch, deny
 from gateway.access.verify import ResourceCheck
 from gateway.access.writes import apply_patch, check_body
-from gateway.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType
+from gateway.errors import BadRequest, Forbidden, NotFound, UnsupportedMediaType, UpstreamError
 from gateway.fhir.request import FhirRequest, Interaction
 from gateway.ingress import PATCH_TYPES, Body
 from gateway.policy import BoundPolicies, PolicySet
@@ -45,10 +50,13 @@ async def precheck(
     when they may restrict what it reads; writes are judged for every caller).
     """
     extra: dict[str, str] = {}
-    if decision.prefetch is Prefetch.BINARY_SECURITY_CONTEXT:
-        await _binary_security_context(fetcher, access, req)
-        return extra
     bound = decision.verify.policies if decision.verify is not None else None
+    if decision.prefetch is Prefetch.BINARY_SECURITY_CONTEXT:
+        await _binary_security_context(fetcher, access, req, bound)
+        return extra
+    if decision.prefetch is Prefetch.CURRENT_VISIBLE:
+        await _current_visible(fetcher, req, decision)
+        return extra
     restricted = (
         caller is not None
         and req.resource_type is not None
@@ -110,9 +118,30 @@ async def _stored(
     return stored
 
 
-async def _binary_security_context(fetcher: Fetcher, access: Access, req: FhirRequest) -> None:
+async def _current_visible(fetcher: Fetcher, req: FhirRequest, decision: Decision) -> None:
+    """A vread / instance history answers only when a read of the current version would:
+    withheld, outside the compartment, deleted or unjudgeable -> 404 (decision 3)."""
+    assert req.resource_type is not None and req.id is not None and decision.verify is not None
+    try:
+        current = await fetcher.get(req.resource_type, req.id)
+    except UpstreamError:  # an answer that cannot be judged (status, JSON, type): fail closed
+        raise NotFound() from None
+    check = ResourceCheck(decision.verify, fetcher.bases)
+    if current is None or not check.visible(copy.deepcopy(current)):
+        raise NotFound()
+
+
+async def _binary_security_context(
+    fetcher: Fetcher, access: Access, req: FhirRequest, bound: BoundPolicies | None
+) -> None:
     assert req.id is not None
     binary = await fetcher.get("Binary", req.id)
+    if (  # the current version, for a vread too
+        binary is not None
+        and bound is not None
+        and not bound.evaluate(copy.deepcopy(binary)).visible
+    ):
+        raise NotFound()
     context = binary.get("securityContext") if binary else None
     reference = context.get("reference") if isinstance(context, dict) else None
     target = fetcher.split_reference(reference) if isinstance(reference, str) else None

@@ -8,7 +8,8 @@ that would have been needed) or an allowance with obligations:
 - ``verify``: the checks every returned resource must pass (type granted by a scope, patient
   compartment, granular scope match), failures dropped or, for single reads, answered 404;
   for a narrowed search, the proof that the upstream applied the narrowing;
-- ``prefetch``: what must be fetched and checked before a write (or a Binary read) is sent;
+- ``prefetch``: what must be fetched and checked before a write, a Binary read, or a vread /
+  instance history of a policy-restricted type is sent;
 - ``suppress_total``: ``Bundle.total`` cannot be trusted for this caller (decision 5).
 """
 
@@ -27,6 +28,9 @@ class Prefetch(StrEnum):
 
     STORED_IN_COMPARTMENT = "stored-in-compartment"  # update/patch/delete: current version
     BINARY_SECURITY_CONTEXT = "binary-security-context"  # Binary read
+    #: vread / instance history of a type policies may restrict for this caller: the current
+    #: version must be readable too, else 404 (an old version escapes no later label)
+    CURRENT_VISIBLE = "current-visible"
 
 
 @dataclass(frozen=True, slots=True)

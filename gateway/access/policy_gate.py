@@ -10,7 +10,14 @@ trusted:
   oracle on the withheld resources);
 - a chain (``subject.code=...``, ``result:Observation.status=...``) that may join into a
   restricted type -> 403, for the same reason;
-- ``total`` is suppressed (decision 5) whenever the matches may be restricted.
+- ``total`` is suppressed (decision 5) whenever the matches may be restricted;
+- type ``_history`` of a type policies may restrict, and system ``_history`` when any type may
+  be restricted -> 403 (``policy.history``): a policy judges each version on its own, so an
+  older, unlabelled version of a withheld resource would be returned; judging each entry's
+  current version would cost one upstream read per entry;
+- vread and instance history of a type policies may restrict: the current version must be
+  readable too (``Prefetch.CURRENT_VISIBLE``, checked in ``prechecks``), else the same 404 as
+  for a nonexistent resource.
 
 ``_security`` / ``_tag`` probes need no rule of their own: their matches are filtered like any
 other, and ``total`` is suppressed.
@@ -20,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gateway.access.decision import Decision, deny
+from gateway.access.decision import Decision, Prefetch, deny
 from gateway.fhir.params import parse_params
 from gateway.fhir.request import FhirRequest, Interaction
 from gateway.fhir.tables import REFERENCE_TARGETS
@@ -36,6 +43,8 @@ _SEARCHING = frozenset(
         Interaction.OPERATION_INSTANCE,
     }
 )
+#: answers made of stored versions of one resource: judged on its current version as well
+VERSIONED = frozenset({Interaction.VREAD, Interaction.HISTORY_INSTANCE})
 
 
 def match_types(req: FhirRequest) -> tuple[str, ...] | None:
@@ -53,7 +62,14 @@ def match_types(req: FhirRequest) -> tuple[str, ...] | None:
 def gate(req: FhirRequest, bound: BoundPolicies) -> Decision | None:
     """A denial for a probe on policy-restricted data, else None."""
     restricted, may_restrict = bound.restricted_types, bound.may_restrict
-    if req.interaction not in _SEARCHING or not restricted:
+    if not restricted:
+        return None
+    if req.interaction is Interaction.HISTORY_SYSTEM or (
+        req.interaction is Interaction.HISTORY_TYPE
+        and (req.resource_type is None or may_restrict(req.resource_type))
+    ):  # old versions escape a label added later; each current version would cost a read
+        return deny("policy.history")
+    if req.interaction not in _SEARCHING:
         return None
     types = match_types(req)
     any_restricted = restricted if types is None else {t for t in types if may_restrict(t)}
@@ -69,6 +85,15 @@ def gate(req: FhirRequest, bound: BoundPolicies) -> Decision | None:
                 if may_restrict(t):
                     return deny("policy.probe")
     return None
+
+
+def judges_current(req: FhirRequest, bound: BoundPolicies) -> bool:
+    """A vread or instance history whose current version must be readable too."""
+    return (
+        req.interaction in VERSIONED
+        and req.resource_type is not None
+        and bound.may_restrict(req.resource_type)
+    )
 
 
 def total_suppressed(req: FhirRequest, bound: BoundPolicies) -> bool:
@@ -88,7 +113,8 @@ def _chain_targets(types: tuple[str, ...] | None, name: str, modifier: str | Non
 
 
 def apply_policies(req: FhirRequest, decision: Decision, bound: BoundPolicies) -> Decision:
-    """Attach the caller's bound policies to an allowance; refuse probes; suppress totals."""
+    """Attach the caller's bound policies to an allowance; refuse probes and histories;
+    suppress totals; have versioned reads judged on their current version."""
     if not decision.allowed or decision.verify is None or not bound.restricted_types:
         return decision
     denial = gate(req, bound)
@@ -104,4 +130,6 @@ def apply_policies(req: FhirRequest, decision: Decision, bound: BoundPolicies) -
         params=params,
         verify=replace(decision.verify, policies=bound),
         suppress_total=decision.suppress_total or total_suppressed(req, bound),
+        prefetch=decision.prefetch  # a Binary's own check judges its current version
+        or (Prefetch.CURRENT_VISIBLE if judges_current(req, bound) else None),
     )
