@@ -36,7 +36,7 @@ from gateway.auth import Authenticator
 from gateway.config import Config
 from gateway.context import EXCHANGE, Exchange, exchange
 from gateway.errors import GatewayError, InvalidTarget, NotFound
-from gateway.fhir.outcome import FHIR_JSON, operation_outcome
+from gateway.fhir.outcome import CHARSET, FHIR_JSON, operation_outcome
 from gateway.fhir.target import parse_target
 from gateway.handler import Gateway, handle_fhir
 from gateway.ops.audit import build_record
@@ -81,6 +81,7 @@ def error_response(exc: GatewayError) -> web.Response:
         status=exc.status,
         body=operation_outcome(exc.code, exc.diagnostics),
         content_type=FHIR_JSON,
+        charset=CHARSET,
     )
     resp.headers.update(exc.headers)
     return resp

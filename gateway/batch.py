@@ -29,7 +29,7 @@ from gateway.access.bundles import (
 from gateway.access.verify import ENVELOPES, PolicyTally, ResourceCheck
 from gateway.errors import BadRequest, UpstreamError
 from gateway.fhir import json
-from gateway.fhir.outcome import FHIR_JSON
+from gateway.fhir.outcome import CHARSET, FHIR_JSON
 from gateway.ingress import Body
 from gateway.prechecks import raise_denial
 from gateway.respond import check_status, decode_resource, is_json_response
@@ -66,13 +66,15 @@ async def handle_bundle(
     if allowed:
         answer, status = await _send(upstream, rewriter, headers, doc, btype, allowed, limit)
         if status >= 400:  # the upstream refused the whole Bundle: relay its outcome
-            return web.Response(status=status, body=json.encode(answer), content_type=FHIR_JSON)
+            return web.Response(
+                status=status, body=json.encode(answer), content_type=FHIR_JSON, charset=CHARSET
+            )
         for entry, returned in zip(allowed, answer["entry"], strict=True):
             results[entry.index] = _verified(entry, returned, bases, tally)
     reply = {"resourceType": "Bundle", "type": f"{btype}-response", "entry": results}
     if note is not None:
         note(reply)
-    return web.Response(body=json.encode(reply), content_type=FHIR_JSON)
+    return web.Response(body=json.encode(reply), content_type=FHIR_JSON, charset=CHARSET)
 
 
 async def _send(

@@ -237,20 +237,30 @@ class AuthConfig(_Model):
     token_cache_max_ttl_s: PositiveFloat = 300.0
 
 
-#: the SMART capabilities the gateway can advertise (SMART App Launch 2.x, section 2.3.3)
+#: the SMART capabilities the gateway can advertise: every one SMART App Launch 2.x defines
+#: ("Conformance", "Capabilities"); what backs each is in
+#: ``gateway.smart.smart_configuration.CAPABILITY_RULES``
 Capability = Literal[
     "launch-ehr",
     "launch-standalone",
+    "authorize-post",
     "client-public",
     "client-confidential-symmetric",
+    "client-confidential-asymmetric",
+    "sso-openid-connect",
+    "context-banner",
+    "context-style",
     "context-ehr-patient",
+    "context-ehr-encounter",
     "context-standalone-patient",
+    "context-standalone-encounter",
+    "permission-offline",
+    "permission-online",
     "permission-patient",
     "permission-user",
     "permission-v1",
     "permission-v2",
-    "permission-offline",
-    "sso-openid-connect",
+    "smart-app-state",
 ]
 CAPABILITIES: tuple[str, ...] = get_args(Capability)
 
@@ -276,6 +286,7 @@ class SmartConfig(_Model):
     response_types_supported: list[str] | None = None
     grant_types_supported: list[str] | None = None
     token_endpoint_auth_methods_supported: list[str] | None = None
+    token_endpoint_auth_signing_alg_values_supported: list[str] | None = None
     capabilities: list[Capability] = Field(default_factory=list)
     openid_configuration_url: str | None = None
     cache_ttl_s: PositiveFloat = 300.0
@@ -306,6 +317,7 @@ class SmartConfig(_Model):
         "response_types_supported",
         "grant_types_supported",
         "token_endpoint_auth_methods_supported",
+        "token_endpoint_auth_signing_alg_values_supported",
     )
     @classmethod
     def _check_list(cls, v: list[str] | None) -> list[str] | None:

@@ -17,7 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.config import CorsConfig
-from gateway.fhir.outcome import FHIR_JSON, operation_outcome
+from gateway.fhir.outcome import CHARSET, FHIR_JSON, operation_outcome
 
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
 ALLOW_HEADERS = (
@@ -67,6 +67,7 @@ class CorsPolicy:
                 status=403,
                 body=operation_outcome("forbidden", "CORS preflight refused for this origin."),
                 content_type=FHIR_JSON,
+                charset=CHARSET,
             )
             resp.headers["Vary"] = "Origin"
             return resp

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from gateway.context import exchange
 from gateway.errors import GatewayError, UpstreamError
 from gateway.fhir import json
-from gateway.fhir.outcome import FHIR_JSON
+from gateway.fhir.outcome import CHARSET, FHIR_JSON
 from gateway.ingress import JSON_TYPES, media_type
 from gateway.ops.logging import log
 from gateway.upstream.client import UpstreamCall, UpstreamClient
@@ -98,9 +98,13 @@ async def json_response(
             raise
         except (ValueError, TypeError, AttributeError, KeyError, IndexError):
             raise UpstreamError(reason="upstream.unverifiable") from None  # fail closed
+    upstream_type = call.response.headers.get("Content-Type")
     if changed:
+        # the gateway's own bytes now (UTF-8): say so (FHIR R4 http.html, "Content Types")
         body = json.encode(doc)
-    headers["Content-Type"] = call.response.headers.get("Content-Type", FHIR_JSON)
+        headers["Content-Type"] = f"{media_type(upstream_type) or FHIR_JSON}; charset={CHARSET}"
+    else:
+        headers["Content-Type"] = upstream_type or FHIR_JSON
     return web.Response(status=status, body=body, headers=headers)
 
 

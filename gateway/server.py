@@ -41,7 +41,7 @@ from aiohttp.http_exceptions import LineTooLong
 from gateway.app import LIFECYCLE, build_app
 from gateway.config import Config
 from gateway.errors import BadRequest, GatewayError, HeadersTooLarge
-from gateway.fhir.outcome import FHIR_JSON, operation_outcome
+from gateway.fhir.outcome import CHARSET, FHIR_JSON, operation_outcome
 from gateway.ops.admin import start_admin
 from gateway.ops.logging import log
 
@@ -90,6 +90,7 @@ class GatewayRequestHandler(web_protocol.RequestHandler):
             status=err.status,
             body=operation_outcome(err.code, err.diagnostics),
             content_type=FHIR_JSON,
+            charset=CHARSET,
         )
         resp.headers["Server"] = "fhir-gateway"
         resp.headers["X-Content-Type-Options"] = "nosniff"

@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 from gateway.config import Config
 from gateway.errors import GatewayError, NotFound, ServiceUnavailable, UpstreamError
 from gateway.fhir import json
-from gateway.fhir.outcome import FHIR_JSON
+from gateway.fhir.outcome import CHARSET, FHIR_JSON
 from gateway.ops.logging import log
 from gateway.phi.rules import PhiRules
 from gateway.smart.capability_statement import rewrite_capability_statement, security_section
@@ -236,7 +236,7 @@ class Discovery:
 
     async def capability_statement_response(self) -> web.Response:
         body = await self.capability_statement()
-        return web.Response(body=body, content_type=FHIR_JSON)
+        return web.Response(body=body, content_type=FHIR_JSON, charset=CHARSET)
 
 
 def _with_security(statement: Mapping[str, Any], smart: Mapping[str, Any] | None) -> Any:

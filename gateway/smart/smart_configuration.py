@@ -8,8 +8,9 @@ checked against the document it is advertised with (:func:`capability_gaps`) —
 configuration error at start-up (:func:`config_problems`) and, when the authorization server's
 document contradicts a capability later, the capability is dropped with a warning. ``issuer``
 and ``jwks_uri`` appear exactly when ``sso-openid-connect`` does;
-``code_challenge_methods_supported`` is always ``["S256"]``. Fetching and caching are
-:class:`gateway.smart.discovery.Discovery`'s.
+``code_challenge_methods_supported`` is always ``["S256"]``; ``grant_types_supported`` (REQUIRED)
+is always there, derived when neither side gives it (:func:`derived_grant_types`). Fetching and
+caching are :class:`gateway.smart.discovery.Discovery`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from gateway.ops.logging import log
 from gateway.smart.scopes import Scope, parse_scopes
 
 __all__ = [
+    "ASYMMETRIC_ALGS",
     "CAPABILITY_RULES",
     "DOCUMENT_ORDER",
     "LAUNCHES",
@@ -38,6 +40,7 @@ __all__ = [
     "capability_gaps",
     "config_problems",
     "configured_document",
+    "derived_grant_types",
     "server_fields",
     "well_known_document",
 ]
@@ -58,6 +61,7 @@ URL_KEYS = (
 LIST_KEYS = (
     "grant_types_supported",
     "token_endpoint_auth_methods_supported",
+    "token_endpoint_auth_signing_alg_values_supported",
     "scopes_supported",
     "response_types_supported",
 )
@@ -68,6 +72,7 @@ DOCUMENT_ORDER = (
     "grant_types_supported",
     "token_endpoint",
     "token_endpoint_auth_methods_supported",
+    "token_endpoint_auth_signing_alg_values_supported",
     "registration_endpoint",
     "scopes_supported",
     "response_types_supported",
@@ -101,16 +106,23 @@ class Rule:
 
 _CODE = ("response_types_supported", frozenset({"code"}))
 _AUTH_CODE = ("grant_types_supported", frozenset({"authorization_code"}))
+_REFRESH = ("grant_types_supported", frozenset({"refresh_token"}))
 LAUNCHES = ("launch-ehr", "launch-standalone")
+#: SMART Backend Services, "Authenticating to the token endpoint": clients sign with one of these
+ASYMMETRIC_ALGS = frozenset({"RS384", "ES384"})
 
 #: every capability the gateway can advertise, with what backs it (SMART App Launch 2.x,
-#: "Capability Sets"). The token endpoint backs them all (checked separately).
+#: "Conformance", "Capabilities"). The token endpoint backs them all (checked separately).
+#: Where the documents say nothing the gateway can check (the AS's token response carries
+#: ``need_patient_banner``/``smart_style_url``/``encounter``; app state lives upstream), the rule
+#: asks only what the capability cannot do without (a launch, an authorization endpoint).
 CAPABILITY_RULES: Mapping[str, Rule] = {
     "launch-ehr": Rule(
         keys=("authorization_endpoint",),
         listed=(_CODE, _AUTH_CODE, ("scopes_supported", frozenset({"launch"}))),
     ),
     "launch-standalone": Rule(keys=("authorization_endpoint",), listed=(_CODE, _AUTH_CODE)),
+    "authorize-post": Rule(keys=("authorization_endpoint",), with_any=LAUNCHES),
     "client-public": Rule(
         with_any=LAUNCHES,
         listed=(("token_endpoint_auth_methods_supported", frozenset({"none"})),),
@@ -123,22 +135,36 @@ CAPABILITY_RULES: Mapping[str, Rule] = {
             ),
         ),
     ),
+    "client-confidential-asymmetric": Rule(
+        listed=(
+            ("token_endpoint_auth_methods_supported", frozenset({"private_key_jwt"})),
+            ("token_endpoint_auth_signing_alg_values_supported", ASYMMETRIC_ALGS),
+        ),
+    ),
+    SSO: Rule(keys=SSO_KEYS, listed=(("scopes_supported", frozenset({"openid"})),)),
+    "context-banner": Rule(with_any=LAUNCHES),
+    "context-style": Rule(with_any=LAUNCHES),
     "context-ehr-patient": Rule(with_any=("launch-ehr",)),
+    "context-ehr-encounter": Rule(with_any=("launch-ehr",)),
     "context-standalone-patient": Rule(
         with_any=("launch-standalone",),
         listed=(("scopes_supported", frozenset({"launch/patient"})),),
+    ),
+    "context-standalone-encounter": Rule(
+        with_any=("launch-standalone",),
+        listed=(("scopes_supported", frozenset({"launch/encounter"})),),
+    ),
+    "permission-offline": Rule(
+        listed=(("scopes_supported", frozenset({"offline_access"})), _REFRESH),
+    ),
+    "permission-online": Rule(
+        listed=(("scopes_supported", frozenset({"online_access"})), _REFRESH),
     ),
     "permission-patient": Rule(scope=lambda s: s.level == "patient", scope_text="patient/"),
     "permission-user": Rule(scope=lambda s: s.level == "user", scope_text="user/"),
     "permission-v1": Rule(scope=lambda s: s.v1, scope_text="SMART v1 (.read/.write/.*)"),
     "permission-v2": Rule(scope=lambda s: not s.v1, scope_text="SMART v2 (.cruds)"),
-    "permission-offline": Rule(
-        listed=(
-            ("scopes_supported", frozenset({"offline_access"})),
-            ("grant_types_supported", frozenset({"refresh_token"})),
-        ),
-    ),
-    SSO: Rule(keys=SSO_KEYS, listed=(("scopes_supported", frozenset({"openid"})),)),
+    "smart-app-state": Rule(),
 }
 
 
@@ -269,6 +295,34 @@ def server_fields(doc: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- the document
 
 
+def derived_grant_types(doc: Mapping[str, Any], capabilities: Sequence[str]) -> list[str]:
+    """``grant_types_supported`` when neither the config nor the authorization server says
+    (REQUIRED in SMART App Launch 2.x, so never empty): ``authorization_code`` for a launch
+    capability, ``client_credentials`` for SMART Backend Services (a ``system/`` scope in
+    ``scopes_supported``, or ``client-confidential-asymmetric`` without a launch),
+    ``refresh_token`` with ``permission-offline``/``permission-online``. With none of these,
+    the grant a token endpoint must then be serving: ``authorization_code`` when there is an
+    authorization endpoint, else ``client_credentials``."""
+    caps = set(capabilities)
+    launch = bool(caps & set(LAUNCHES))
+    scopes = doc.get("scopes_supported")
+    system = isinstance(scopes, list) and any(
+        s.level == "system" for s in parse_scopes(list(scopes)).scopes
+    )
+    grants: list[str] = []
+    if launch:
+        grants.append("authorization_code")
+    if system or (not launch and "client-confidential-asymmetric" in caps):
+        grants.append("client_credentials")
+    if not grants:
+        grants.append(
+            "authorization_code" if doc.get("authorization_endpoint") else "client_credentials"
+        )
+    if caps & {"permission-offline", "permission-online"}:
+        grants.append("refresh_token")
+    return grants
+
+
 def well_known_document(
     server: Mapping[str, Any] | None,
     configured: Mapping[str, Any],
@@ -293,12 +347,8 @@ def well_known_document(
         if "scopes_supported" in doc:
             refused = parse_scopes(doc["scopes_supported"]).rejected
             doc["scopes_supported"] = [s for s in doc["scopes_supported"] if s not in refused]
-        if "grant_types_supported" not in doc:
-            grants = ["authorization_code"] if set(caps) & set(LAUNCHES) else []
-            if "permission-offline" in caps:
-                grants.append("refresh_token")
-            if grants:
-                doc["grant_types_supported"] = grants
+        if not doc.get("grant_types_supported"):
+            doc["grant_types_supported"] = derived_grant_types(doc, caps)
         result = {key: doc[key] for key in DOCUMENT_ORDER if doc.get(key)}
         result["capabilities"] = caps
         result["code_challenge_methods_supported"] = ["S256"]

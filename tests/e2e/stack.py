@@ -51,8 +51,14 @@ PYTHON_APP = ("smart-python-app", "python-app-secret-e2e-only")
 BACKEND = ("smart-backend", "backend-secret-e2e-only")
 CLINICIAN = "Practitioner/dr-ehr-1"
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
-#: every capability the gateway can advertise: the real authorization server backs them all
+#: every capability the gateway can advertise: all are configured
 CAPABILITIES = list(ALL_CAPABILITIES)
+#: what the real authorization server (smart_as.mjs) does not back: no ``private_key_jwt`` with
+#: RS384/ES384, no ``launch/encounter`` or ``online_access`` scope. Its own document contradicts
+#: them, so the gateway drops them from the answer (with a warning)
+UNBACKED = ("client-confidential-asymmetric", "context-standalone-encounter", "permission-online")
+#: what the well-known document then advertises
+ADVERTISED = [c for c in CAPABILITIES if c not in UNBACKED]
 
 
 def require_tools() -> str:

@@ -25,7 +25,13 @@ from gateway.smart.capability_statement import (
     security_section,
 )
 from gateway.smart.discovery import TtlDocument
-from gateway.smart.smart_configuration import CAPABILITY_RULES, capability_gaps, server_fields
+from gateway.smart.smart_configuration import (
+    CAPABILITY_RULES,
+    capability_gaps,
+    derived_grant_types,
+    server_fields,
+    well_known_document,
+)
 from tests.conftest import GatewayFactory
 from tests.support.fake_upstream import FakeUpstream, Recorded
 from tests.support.gateway import PUBLIC_BASE, RunningGateway
@@ -41,13 +47,16 @@ FULL = {
         "fhirUser",
         "launch",
         "launch/patient",
+        "launch/encounter",
         "offline_access",
+        "online_access",
         "patient/*.rs",
         "user/*.read",
     ],
     "response_types_supported": ["code"],
     "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
-    "token_endpoint_auth_methods_supported": ["none", "client_secret_basic"],
+    "token_endpoint_auth_methods_supported": ["none", "client_secret_basic", "private_key_jwt"],
+    "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
     "issuer": AS,
     "jwks_uri": f"{AS}/jwks",
 }
@@ -143,7 +152,49 @@ GAPS = [
         ],
         [],
     ),
-    ("not-a-capability", FULL, ["authorize-post"], ["authorize-post"]),
+    (
+        "asymmetric-needs-private-key-jwt",
+        replaced(FULL, token_endpoint_auth_methods_supported=["client_secret_basic"]),
+        ["client-confidential-asymmetric"],
+        ["client-confidential-asymmetric"],
+    ),
+    (
+        "asymmetric-needs-rs384-or-es384",
+        replaced(FULL, token_endpoint_auth_signing_alg_values_supported=["RS256"]),
+        ["client-confidential-asymmetric"],
+        ["client-confidential-asymmetric"],
+    ),
+    (
+        "launch-only-capabilities-need-a-launch",
+        FULL,
+        ["authorize-post", "context-banner", "context-style", "context-ehr-encounter"],
+        ["authorize-post", "context-banner", "context-style", "context-ehr-encounter"],
+    ),
+    (
+        "authorize-post-needs-authorize",
+        without(FULL, "authorization_endpoint"),
+        ["authorize-post"],
+        ["authorize-post"],
+    ),
+    (
+        "standalone-encounter-needs-launch-encounter",
+        replaced(FULL, scopes_supported=["openid", "launch/patient", "patient/*.rs"]),
+        ["launch-standalone", "context-standalone-encounter"],
+        ["context-standalone-encounter"],
+    ),
+    (
+        "online-needs-online-access-and-refresh",
+        replaced(FULL, grant_types_supported=["authorization_code"]),
+        ["permission-online"],
+        ["permission-online"],
+    ),
+    (
+        "not-checkable-not-held-against-it",
+        {"token_endpoint": f"{AS}/token"},
+        ["smart-app-state", "client-confidential-asymmetric", "permission-online"],
+        [],
+    ),
+    ("not-a-capability", FULL, ["launch-sideways"], ["launch-sideways"]),
 ]
 
 
@@ -152,6 +203,75 @@ GAPS = [
 )
 def test_capability_gaps(doc: dict[str, Any], caps: list[str], failing: list[str]) -> None:
     assert sorted({g.capability for g in capability_gaps(doc, caps)}) == sorted(failing)
+
+
+TOKEN_ONLY = {"token_endpoint": f"{AS}/token"}
+WITH_AUTHORIZE = {**TOKEN_ONLY, "authorization_endpoint": f"{AS}/authorize"}
+GRANTS = [
+    ("launch", WITH_AUTHORIZE, ["launch-ehr"], ["authorization_code"]),
+    (
+        "launch-offline",
+        WITH_AUTHORIZE,
+        ["launch-standalone", "permission-offline"],
+        ["authorization_code", "refresh_token"],
+    ),
+    (
+        "online",
+        WITH_AUTHORIZE,
+        ["launch-ehr", "permission-online"],
+        ["authorization_code", "refresh_token"],
+    ),
+    ("backend-services", TOKEN_ONLY, ["client-confidential-asymmetric"], ["client_credentials"]),
+    (
+        "system-scopes",
+        {**WITH_AUTHORIZE, "scopes_supported": ["launch", "system/*.rs"]},
+        ["launch-ehr"],
+        ["authorization_code", "client_credentials"],
+    ),
+    ("permission-only-token-endpoint", TOKEN_ONLY, ["permission-v2"], ["client_credentials"]),
+    ("permission-only-with-authorize", WITH_AUTHORIZE, ["permission-v2"], ["authorization_code"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "caps", "grants"), [g[1:] for g in GRANTS], ids=[g[0] for g in GRANTS]
+)
+def test_grant_types_are_derived_and_never_empty(
+    doc: dict[str, Any], caps: list[str], grants: list[str]
+) -> None:
+    assert derived_grant_types(doc, caps) == grants
+    result = well_known_document(None, doc, caps)
+    assert result is not None and result["grant_types_supported"] == grants
+
+
+def test_grant_types_from_the_authorization_server_or_config_are_kept() -> None:
+    server = {**WITH_AUTHORIZE, "grant_types_supported": ["client_credentials", "refresh_token"]}
+    result = well_known_document(server, {}, ["permission-v2"])
+    assert result is not None
+    assert result["grant_types_supported"] == ["client_credentials", "refresh_token"]
+    configured = {"grant_types_supported": ["authorization_code"]}
+    result = well_known_document(server, configured, ["permission-v2"])
+    assert result is not None and result["grant_types_supported"] == ["authorization_code"]
+
+
+def test_signing_algs_are_relayed_in_document_order() -> None:
+    fields = server_fields(
+        {
+            **TOKEN_ONLY,
+            "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        }
+    )
+    result = well_known_document(fields, {}, ["client-confidential-asymmetric"])
+    assert result is not None
+    assert list(result)[:4] == [
+        "grant_types_supported",
+        "token_endpoint",
+        "token_endpoint_auth_methods_supported",
+        "token_endpoint_auth_signing_alg_values_supported",
+    ]
+    assert result["token_endpoint_auth_signing_alg_values_supported"] == ["RS384", "ES384"]
+    assert result["capabilities"] == ["client-confidential-asymmetric"]
 
 
 def minimal(**smart: Any) -> dict[str, Any]:
@@ -230,7 +350,8 @@ def test_smart_without_any_token_validation_is_refused() -> None:
         ({"token_endpoint": "http://auth.example.test/token"}, "must use https"),
         ({"token_endpoint": "/token"}, "absolute http(s) URL"),
         ({"capabilities": ["launch-standalone", "launch-standalone"]}, "twice"),
-        ({"capabilities": ["context-banner"]}, "Input should be"),
+        ({"capabilities": ["launch-sideways"]}, "Input should be"),
+        ({"token_endpoint_auth_signing_alg_values_supported": []}, "must not be empty"),
         ({"scopes_supported": []}, "must not be empty"),
         ({"grant_types_supported": ["authorization code"]}, "without spaces"),
         ({"cache_ttl_s": 0}, "greater than 0"),
