@@ -20,6 +20,7 @@ from gateway.access import policy_gate
 from gateway.access.authorize import Access, authorize_any
 from gateway.access.context import AccessResolver, bind_policies
 from gateway.access.decision import Decision
+from gateway.access.narrowing import proven_by_first_page
 from gateway.access.verify import Members, PolicyTally, verify_document
 from gateway.auth import Authenticator, Principal
 from gateway.auth.bearer import invalid_request
@@ -106,6 +107,8 @@ async def handle_fhir(request: web.Request, gw: Gateway, target: Target) -> web.
     if req.interaction is Interaction.PAGE:  # a cursor: re-authorize the original request
         req, origin, link = _follow_cursor(gw, ex, req, binding)
     decision, access = authorize_any(accesses, req)
+    if link is not None:  # a later page: its first page proved the narrowing (no proof, no cursor)
+        decision = proven_by_first_page(decision)
     bound = bind_policies(policy_set, principal, access) if decision.allowed else None
     if bound is not None:  # privacy policies: bound to this caller, then probes refused
         decision = policy_gate.apply_policies(req, decision, bound)

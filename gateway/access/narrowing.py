@@ -18,16 +18,29 @@ the searchset's ``self`` link. So the answer to a narrowed search is trusted onl
 Otherwise the whole answer is replaced by :func:`unproven_searchset`: no entry, no ``total``,
 no link (so no cursor), one fixed outcome; the same bytes whatever the upstream holds. Pure
 functions, tested with tables.
+
+Later pages need no proof of their own (:func:`proven_by_first_page`): a cursor exists only
+for an answer that proved its narrowing (an unproven one has no links), and the page links of
+servers that keep the search on their side (HAPI's ``[base]?_getpages=...``) carry no search
+parameters in their ``self`` link at all.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from gateway.access.decision import Decision
 from gateway.fhir.target import Param
 
-__all__ = ["UNPROVEN_DIAGNOSTICS", "UNPROVEN_REASON", "narrowing_applied", "unproven_searchset"]
+__all__ = [
+    "UNPROVEN_DIAGNOSTICS",
+    "UNPROVEN_REASON",
+    "narrowing_applied",
+    "proven_by_first_page",
+    "unproven_searchset",
+]
 
 #: the audit / metrics reason when a narrowed search's answer had to be withheld
 UNPROVEN_REASON = "search.narrowing-unproven"
@@ -42,6 +55,14 @@ def narrowing_applied(bundle: dict[str, Any], narrowing: Param, patient: str) ->
     """Whether this searchset proves that ``narrowing`` was applied (see the module doc)."""
     name, _ = narrowing
     return _self_link_has(bundle, name, patient) and not _outcome_names(bundle, name)
+
+
+def proven_by_first_page(decision: Decision) -> Decision:
+    """The decision for a page reached through a cursor: the narrowing needs no new proof."""
+    verify = decision.verify
+    if verify is None or verify.narrowing is None:
+        return decision
+    return replace(decision, verify=replace(verify, narrowing=None))
 
 
 def unproven_searchset() -> dict[str, Any]:

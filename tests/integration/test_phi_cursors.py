@@ -595,3 +595,46 @@ async def test_confined_caller_follows_its_own_cursor(
         ("patient", "Patient/A"),
         ("_offset", "10"),
     ]
+
+
+async def test_server_side_pages_of_a_proven_narrowed_search_are_served(
+    gateway: RunningGateway, fake_upstream: FakeUpstream, issuer: TestIssuer
+) -> None:
+    """HAPI keeps a search on its side: page 2's self link is ``[base]?_getpages=...`` with
+    no search parameter. The first page proved the narrowing (a cursor exists only then), so
+    later pages are served, verified entry by entry as always."""
+    base = fake_upstream.base_url
+    a_obs = {"resourceType": "Observation", "id": "o-a", "subject": {"reference": "Patient/A"}}
+    b_obs = {"resourceType": "Observation", "id": "o-b", "subject": {"reference": "Patient/B"}}
+    pages = {
+        "first": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [
+                {"relation": "self", "url": f"{base}/Observation?code=x&patient=Patient%2FA"},
+                {"relation": "next", "url": f"{base}?_getpages=abc&_getpagesoffset=1"},
+            ],
+            "entry": [{"resource": a_obs, "search": {"mode": "match"}}],
+        },
+        "later": {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [{"relation": "self", "url": f"{base}?_getpages=abc&_getpagesoffset=1"}],
+            "entry": [
+                {"resource": a_obs, "search": {"mode": "match"}},
+                {"resource": b_obs, "search": {"mode": "match"}},
+            ],
+        },
+    }
+
+    async def answer(_: web.Request, rec: Recorded) -> web.StreamResponse:
+        page = pages["later" if "_getpages" in rec.raw_target else "first"]
+        return web.json_response(page, content_type="application/fhir+json")
+
+    fake_upstream.reply(answer)
+    auth = {"Authorization": f"Bearer {issuer.mint(scope='patient/*.rs', patient='A')}"}
+    status, doc, _ = await search(gateway, "Observation", [("code", "x")], auth)
+    assert status == 200 and [e["resource"]["id"] for e in doc["entry"]] == ["o-a"]
+    status, page = await get(gateway, to_gateway(gateway, links(doc)["next"]), auth)
+    assert status == 200
+    assert [e["resource"]["id"] for e in page.get("entry", [])] == ["o-a"]  # B's is dropped

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from gateway.access.decision import Decision, Verify
 from gateway.access.narrowing import (
     UNPROVEN_DIAGNOSTICS,
     narrowing_applied,
+    proven_by_first_page,
     unproven_searchset,
 )
 from gateway.fhir.target import Param
@@ -139,3 +141,19 @@ def test_unproven_searchset_is_fixed_and_reveals_nothing() -> None:
     [issue] = entry["resource"]["issue"]
     assert issue["diagnostics"] == UNPROVEN_DIAGNOSTICS
     assert A not in str(doc)
+
+
+def test_a_later_page_needs_no_new_proof() -> None:
+    from gateway.smart.scopes import parse_scopes
+
+    verify = Verify(parse_scopes("patient/*.rs"), ("patient",), "A", narrowing=("patient", "A"))
+    first = Decision(True, "allowed", verify=verify)
+    later = proven_by_first_page(first)
+    assert later.verify is not None and later.verify.narrowing is None
+    assert later.verify.patient == "A"  # every entry is still verified against A
+    unnarrowed = Decision(
+        True, "allowed", verify=Verify(parse_scopes("user/*.rs"), ("user",), None)
+    )
+    assert proven_by_first_page(unnarrowed) is unnarrowed
+    denied = Decision(False, "scope.type")
+    assert proven_by_first_page(denied) is denied
