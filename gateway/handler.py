@@ -207,7 +207,11 @@ async def _forward_and_respond(
         status = call.response.status
         if req.interaction in SINGLE and status in (404, 410):
             raise NotFound()  # the gateway's own 404: the same as "you may not see it"
+        # a read or search answers with a resource: "nothing" is no answer to pass on
+        content_due = req.method == "GET" or req.interaction in SEARCHES
         if status in respond.NO_BODY_STATUS:
+            if content_due:
+                raise UpstreamError(reason="upstream.empty")
             return await respond.empty_response(call, gw.rewriter)
         if respond.is_json_response(call):
             response = await respond.json_response(
@@ -216,6 +220,7 @@ async def _forward_and_respond(
                 gw.rewriter,
                 gw.config.server.max_response_body_bytes,
                 None if decision is None else _doc_filter(gw, decision, paging, request),
+                content_due=content_due,
             )
             unchanged = (
                 respond.not_modified(request, response) if req.interaction in SINGLE else None

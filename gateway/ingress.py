@@ -145,7 +145,11 @@ async def read_body(request: web.Request, req: FhirRequest, limit: int) -> Body 
         parsed = json.decode(data)
     except json.JsonError:
         raise BadRequest("The request body is not valid JSON.") from None
-    if json.has_duplicate_keys(data):  # judged here as one document, read upstream as another
+    try:
+        duplicated = json.has_duplicate_keys(data)
+    except json.JsonError:
+        raise BadRequest("The request body is not valid JSON.") from None
+    if duplicated:  # judged here as one document, read upstream as another
         raise BadRequest("The request body repeats a JSON property name.")
     expected = list if ctype in PATCH_TYPES else dict
     if not isinstance(parsed, expected):

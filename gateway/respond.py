@@ -80,12 +80,16 @@ async def json_response(
     rewriter: UrlRewriter,
     limit: int,
     doc_filter: DocFilter | None = None,
+    *,
+    content_due: bool = False,
 ) -> web.Response:
     """Read, decode once, rewrite URLs, verify (``doc_filter``), re-encode only if changed."""
     headers = response_headers(call, rewriter)
     body = await upstream.read_body(call, limit)
     status = call.response.status
     if not body:
+        if content_due:  # a read's 200 without a resource: nothing was verified, nothing to pass
+            raise UpstreamError(reason="upstream.empty")
         return web.Response(status=status, headers=headers)
     body, escaped = rewriter.rewrite_bytes(body)
     doc = decode_resource(body)  # fail closed on anything unparseable

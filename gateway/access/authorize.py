@@ -175,6 +175,10 @@ def _write(access: Access, req: FhirRequest, rtype: str) -> Decision:
         return deny("write.conditional")  # conditional update/patch/delete: not narrowable
     if rtype == "Binary":
         return deny("write.binary")  # Binary has no compartment reference to verify
+    if rtype != "Patient" and rtype not in PATIENT_COMPARTMENT:
+        # Device, Practitioner, Organization, Linkage...: no compartment to confine the write
+        # to (a Device naming another patient, a shared Practitioner): not the patient's data
+        return deny("write.outside-compartment")
     prefetch = None if req.interaction is Interaction.CREATE else Prefetch.STORED_IN_COMPARTMENT
     return Decision(True, "allowed", params=req.params, verify=verify, prefetch=prefetch)
 

@@ -306,3 +306,27 @@ def strip_foreign_contained_patients(
     else:
         del resource["contained"]
     return True
+
+
+def names_other_patient(
+    resource: dict[str, Any], patient_id: str, bases: tuple[str, ...] = ()
+) -> bool:
+    """True if any reference anywhere in ``resource`` is a Patient other than ``patient_id``.
+
+    For types outside the Patient compartment (Device, Linkage, GuidanceResponse...), which a
+    confined caller may otherwise read: one that names another patient is that patient's data.
+    """
+    stack: list[Any] = [resource]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key == "reference":
+                    pid = patient_ref_id(value, bases)
+                    if pid is not None and pid != patient_id:
+                        return True
+                elif isinstance(value, dict | list):
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return False

@@ -21,7 +21,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.access.compartment import compartment_patients, strip_foreign_contained_patients
+from gateway.access.compartment import (
+    compartment_patients,
+    names_other_patient,
+    strip_foreign_contained_patients,
+)
 from gateway.access.decision import Verify
 from gateway.access.granular import matches_query
 from gateway.access.narrowing import UNPROVEN_REASON, narrowing_applied, unproven_searchset
@@ -119,6 +123,13 @@ class ResourceCheck:
             members = compartment_patients(resource, self._bases)
             self.members[id(resource)] = (resource, members)
             if members is not None and v.patient not in members:
+                return False
+            if (  # outside the compartment, yet another patient's (Device.patient); a stored
+                # Bundle is judged entry by entry below instead
+                members is None
+                and rtype != "Bundle"
+                and names_other_patient(resource, v.patient, self._bases)
+            ):
                 return False
             if strip_foreign_contained_patients(resource, v.patient, self._bases):
                 self.changed = True

@@ -52,6 +52,8 @@ def check_body(
             return deny("write.patient-create")
         if stored is not None and body.get("link") != stored.get("link"):
             return deny("write.patient-link")
+        if stored is not None and body.get("identifier") != stored.get("identifier"):
+            return deny("write.patient-identifier")  # an MRN names a patient: not the app's
     if stored is not None and _removed_labels(stored, body):
         return deny("write.security-label-removed")
     if unverifiable_compartment_refs(body, bases):
@@ -102,6 +104,7 @@ def apply_patch(stored: dict[str, Any], patch: Any) -> dict[str, Any] | None:
         KeyError,
         ValueError,
         IndexError,
+        RecursionError,  # a patch that nests the document too deeply to copy or judge
     ):
         return None
     return result if isinstance(result, dict) else None

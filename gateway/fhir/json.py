@@ -25,8 +25,8 @@ class JsonError(ValueError):
 def decode(data: bytes | str) -> Any:
     try:
         return _decoder.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise JsonError("invalid JSON") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        raise JsonError("invalid JSON") from None  # RecursionError: nested too deeply
 
 
 def encode(obj: Any) -> bytes:
@@ -55,4 +55,6 @@ def has_duplicate_keys(data: bytes | str) -> bool:
         stdlib_json.loads(data, object_pairs_hook=_unique_pairs, parse_float=str, parse_int=str)
     except _DuplicateKey:
         return True
+    except RecursionError:
+        raise JsonError("invalid JSON") from None  # nested too deeply
     return False

@@ -415,6 +415,9 @@ CONFINED_WRITE: list[Row] = [
         no("write.conditional"),
     ),
     ("create-binary", "conf-write", "POST", "Binary", no("write.binary")),
+    ("create-device", "conf-write", "POST", "Device", no("write.outside-compartment")),
+    ("update-practitioner", "conf-write", "PUT", "Practitioner/x", no("write.outside-compartment")),
+    ("delete-linkage", "conf-write", "DELETE", "Linkage/x", no("write.outside-compartment")),
     ("update-binary", "conf-write", "PUT", "Binary/b1", no("write.binary")),
     ("delete-binary", "conf-write", "DELETE", "Binary/b1", no("write.binary")),
     (

@@ -594,3 +594,34 @@ def test_unconfined_or_unnarrowed_needs_no_proof() -> None:
     doc = with_self(searchset(entry(obs("o1", "A")), total=1), IGNORED)
     verify_document(doc, conf(), BASES)
     assert ids(doc) == ["Observation/o1"] and doc["total"] == 1
+
+
+@pytest.mark.parametrize(
+    ("resource", "visible"),
+    [
+        ({"resourceType": "Device", "id": "d1", "patient": {"reference": "Patient/B"}}, False),
+        ({"resourceType": "Device", "id": "d2", "patient": {"reference": "Patient/A"}}, True),
+        ({"resourceType": "Device", "id": "d3"}, True),
+        (
+            {
+                "resourceType": "Linkage",
+                "id": "l1",
+                "item": [
+                    {"type": "source", "resource": {"reference": "Patient/A"}},
+                    {"type": "alternate", "resource": {"reference": "Patient/B"}},
+                ],
+            },
+            False,
+        ),
+        ({"resourceType": "Practitioner", "id": "p1", "name": [{"family": "X"}]}, True),
+    ],
+    ids=["device-of-b", "device-of-a", "device-of-nobody", "linkage-a-and-b", "practitioner"],
+)
+def test_types_outside_the_compartment_naming_another_patient_are_hidden(
+    resource: dict[str, Any], visible: bool
+) -> None:
+    if visible:
+        assert verify_document(resource, conf(), BASES) is False
+    else:
+        with pytest.raises(NotFound):
+            verify_document(resource, conf(), BASES)
