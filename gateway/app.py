@@ -33,7 +33,7 @@ from gateway import cors as cors_rules
 from gateway.access.context import AccessResolver
 from gateway.access.verify import PolicyTally
 from gateway.auth import Authenticator
-from gateway.config import Config
+from gateway.config import Config, is_loopback_url
 from gateway.context import EXCHANGE, Exchange, exchange
 from gateway.errors import GatewayError, InvalidTarget, NotFound
 from gateway.fhir.outcome import CHARSET, FHIR_JSON, operation_outcome
@@ -294,6 +294,10 @@ def risky_settings(cfg: Config) -> list[str]:
         risky.append("phi.allow_get_fallback: PHI searches go upstream as GET")
     if not cfg.phi.cursor_keys:
         risky.append("phi.cursor_keys empty: cursors fail across replicas and restarts")
+    admin_host = cfg.server.admin_host or cfg.server.host
+    bracketed = f"[{admin_host}]" if ":" in admin_host else admin_host  # an IPv6 literal
+    if cfg.server.admin_port is not None and not is_loopback_url(f"http://{bracketed}/"):
+        risky.append("server.admin_host is not loopback: /metrics and probes need no login")
     if cfg.upstream.url.startswith("http://"):
         risky.append("upstream.url is plain http: traffic to the upstream is not encrypted")
     if cfg.upstream.forward_authorization:

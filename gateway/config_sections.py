@@ -92,7 +92,8 @@ class ServerConfig(_Model):
     trusted_proxies: list[str] = Field(default_factory=list)
     hsts_max_age_s: Annotated[int, Field(ge=0)] = 31536000
     admin_port: Port | None = 9090  # /metrics, /healthz, /readyz; null: off; 0: any free port
-    admin_host: str | None = None  # null: the same address as `host`
+    # loopback by default: /metrics and the probes need no login; null: the same as `host`
+    admin_host: str | None = "127.0.0.1"
     workers: int = Field(default=1, ge=1, le=256)  # processes on one port (SO_REUSEPORT)
 
     @field_validator("public_base_url")
