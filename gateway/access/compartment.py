@@ -35,6 +35,7 @@ import functools
 import re
 from typing import Any
 
+from gateway.fhir.references import reference_holders
 from gateway.fhir.tables import PATIENT_COMPARTMENT, RESOURCE_TYPES
 
 __all__ = [
@@ -316,17 +317,7 @@ def names_other_patient(
     For types outside the Patient compartment (Device, Linkage, GuidanceResponse...), which a
     confined caller may otherwise read: one that names another patient is that patient's data.
     """
-    stack: list[Any] = [resource]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == "reference":
-                    pid = patient_ref_id(value, bases)
-                    if pid is not None and pid != patient_id:
-                        return True
-                elif isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, dict | list))
-    return False
+    return any(
+        (pid := patient_ref_id(holder["reference"], bases)) is not None and pid != patient_id
+        for holder in reference_holders(resource)
+    )

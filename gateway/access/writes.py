@@ -29,6 +29,7 @@ from gateway.access.compartment import (
     unverifiable_compartment_refs,
 )
 from gateway.access.decision import Decision, deny
+from gateway.fhir.references import reference_holders
 from gateway.fhir.request import FhirRequest, Interaction
 
 
@@ -77,18 +78,7 @@ def has_conditional_reference(node: Any) -> bool:
     compartment-path check cannot see them outside the type's compartment paths (``focus``,
     ``derivedFrom``, ``basedOn`` ...), so a confined caller may send none at all.
     """
-    stack: list[Any] = [node]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, value in item.items():
-                if key == "reference" and isinstance(value, str) and "?" in value:
-                    return True
-                if isinstance(value, dict | list):
-                    stack.append(value)
-        elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, dict | list))
-    return False
+    return any("?" in holder["reference"] for holder in reference_holders(node))
 
 
 def apply_patch(stored: dict[str, Any], patch: Any) -> dict[str, Any] | None:

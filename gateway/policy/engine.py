@@ -24,6 +24,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from gateway.auth.principal import Principal
+from gateway.fhir.references import reference_holders
 from gateway.policy.model import Effect, Pos
 from gateway.smart.scopes import Level
 
@@ -406,17 +407,10 @@ def _withhold_local_references(resource: dict[str, Any], removed: set[str]) -> N
     and ``display`` (often the withheld diagnosis in words) become a fixed notice."""
     if not removed:
         return
-    stack: list[Any] = [resource]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("reference") in removed:
-                item.clear()
-                item["display"] = WITHHELD_REFERENCE_DISPLAY
-                continue
-            stack.extend(v for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend(v for v in item if isinstance(v, dict | list))
+    for holder in reference_holders(resource):
+        if holder["reference"] in removed:
+            holder.clear()
+            holder["display"] = WITHHELD_REFERENCE_DISPLAY
 
 
 def mark_redacted(resource: dict[str, Any]) -> None:
